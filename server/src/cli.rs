@@ -1,0 +1,283 @@
+//! The `tessera` command line: `serve`, `migrate`, `user`, `client`, `keys`.
+
+use std::{
+    io::{BufRead, IsTerminal},
+    sync::Arc,
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::{
+    clock::{Clock, SystemClock},
+    config::{Options, Settings, SettingsError},
+    domain::{
+        Audience, ClientId, InvalidInput, Password, PasswordHasher, ScopeSet, Username,
+        admin::{self, AdminError},
+    },
+    keys::{self, KeyRing, KeyState, key_states},
+    startup::{self, Application, StartupError},
+    store::Backend,
+};
+
+/// Tessera: a gRPC token service.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    options: Options,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply pending migrations (unless --no-migrate) and serve gRPC.
+    Serve {
+        /// Do not apply migrations; the schema must already be current.
+        #[arg(long, env = "TESSERA_NO_MIGRATE")]
+        no_migrate: bool,
+    },
+    /// Apply pending migrations and exit.
+    Migrate,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage clients (service accounts).
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user. The password is read from stdin (one line) when stdin is
+    /// not a terminal, else prompted for.
+    Add {
+        /// Login name.
+        name: String,
+        /// A scope the user may be granted (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// An audience the user may ask for besides the default (repeatable).
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+    },
+    /// Disable a user and revoke all their tokens.
+    Disable {
+        /// Login name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientCommand {
+    /// Add a client; its new secret is printed alone on the last line.
+    Add {
+        /// Client id.
+        id: String,
+        /// A scope the client may be granted (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// An audience the client may ask for besides the default (repeatable).
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Add a new signing key: published at once, signing after --activate-in.
+    Rotate {
+        /// Delay before the new key signs, so every verifier's cached JWKS
+        /// has it by then.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        activate_in: Duration,
+    },
+    /// List signing keys and where each is in its life.
+    List,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad settings.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// Bad argument.
+    #[error("{0}")]
+    Input(#[from] InvalidInput),
+    /// Start-up failed.
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    /// An admin command failed.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Key management failed.
+    #[error(transparent)]
+    Keys(#[from] keys::KeyError),
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// Reading the password failed.
+    #[error("cannot read the password: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Cli {
+    /// Runs the command.
+    pub async fn run(self) -> Result<(), CliError> {
+        let mut settings = self.options.settings()?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        match self.command {
+            Command::Serve { no_migrate } => {
+                settings.migrate = !no_migrate;
+                let app = Application::build(settings, clock).await?;
+                app.run_until(startup::shutdown_signal()).await?;
+            }
+            Command::Migrate => {
+                startup::open_store(&settings).await?;
+                println!("migrations applied");
+            }
+            Command::User(command) => user(command, &settings, clock.now()).await?,
+            Command::Client(ClientCommand::Add {
+                id,
+                scopes,
+                audiences,
+            }) => {
+                let store = startup::open_store(&settings).await?;
+                let id = ClientId::parse(&id)?;
+                let secret = admin::add_client(
+                    &*store,
+                    id.clone(),
+                    ScopeSet::parse_list(&scopes)?,
+                    parse_audiences(&audiences)?,
+                    clock.now(),
+                )
+                .await?;
+                println!("created client {id}; its secret (shown only now) is on the next line");
+                println!("{}", secret.expose_secret());
+            }
+            Command::Keys(command) => keys(command, &settings, clock.now()).await?,
+        }
+        Ok(())
+    }
+}
+
+async fn user(
+    command: UserCommand,
+    settings: &Settings,
+    now: crate::clock::UnixTime,
+) -> Result<(), CliError> {
+    match command {
+        UserCommand::Add {
+            name,
+            scopes,
+            audiences,
+        } => {
+            let username = Username::parse(&name)?;
+            let scopes = ScopeSet::parse_list(&scopes)?;
+            let audiences = parse_audiences(&audiences)?;
+            let password = Password::parse(read_password(&name)?)?;
+            let store = startup::open_store(settings).await?;
+            let hasher = PasswordHasher::new(&settings.hashing).map_err(AdminError::from)?;
+            let id = admin::add_user(
+                &*store, &hasher, username, &password, scopes, audiences, now,
+            )
+            .await?;
+            println!("created user {name} (sub {id})");
+        }
+        UserCommand::Disable { name } => {
+            let username = Username::parse(&name)?;
+            let store = startup::open_store(settings).await?;
+            admin::disable_user(&*store, &settings.policy, &username, now).await?;
+            println!("disabled user {name}; their sessions and access tokens are revoked");
+        }
+    }
+    Ok(())
+}
+
+async fn keys(
+    command: KeysCommand,
+    settings: &Settings,
+    now: crate::clock::UnixTime,
+) -> Result<(), CliError> {
+    let store = startup::open_store(settings).await?;
+    let retention = settings.policy.key_retention();
+    match command {
+        KeysCommand::Rotate { activate_in } => {
+            let backend = Backend::of_url(settings.database_url.expose_secret())
+                .ok_or(crate::store::StoreError::UnsupportedUrl)?;
+            let kek = startup::load_kek(settings, backend)?;
+            // Loading first proves this key-encryption key opens the existing
+            // keys, so the new key is sealed under the one replicas use.
+            let ring = KeyRing::load(&*store, kek, settings.signing_alg, retention, now).await?;
+            let activates_at = now.plus(activate_in);
+            let kid =
+                keys::add_key(&*store, ring.kek(), settings.signing_alg, now, activates_at).await?;
+            println!(
+                "added {} key {kid}: published now, signing from {}",
+                settings.signing_alg,
+                format_time(activates_at)
+            );
+        }
+        KeysCommand::List => {
+            let stored = store.signing_keys().await?;
+            let states = key_states(&stored, now, retention);
+            println!("{:<24} {:<6} {:<21} STATE", "KID", "ALG", "ACTIVATES");
+            for (key, state) in stored.iter().zip(states) {
+                let state = match state {
+                    KeyState::Next => "next (published)".to_owned(),
+                    KeyState::Signing => "signing".to_owned(),
+                    KeyState::Retiring(until) => {
+                        format!("retiring (published until {})", format_time(until))
+                    }
+                    KeyState::Expired => "expired".to_owned(),
+                };
+                println!(
+                    "{:<24} {:<6} {:<21} {state}",
+                    key.kid,
+                    key.alg,
+                    format_time(key.activates_at)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_audiences(items: &[String]) -> Result<Vec<Audience>, InvalidInput> {
+    items.iter().map(|a| Audience::parse(a)).collect()
+}
+
+fn format_time(t: crate::clock::UnixTime) -> String {
+    let secs = u64::try_from(t.as_secs()).unwrap_or(0);
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// One line from stdin when it is not a terminal (scripts, pipes); else a
+/// prompt without echo, asked twice.
+fn read_password(name: &str) -> Result<SecretString, std::io::Error> {
+    if !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        let password = line.strip_suffix('\n').unwrap_or(&line);
+        let password = password.strip_suffix('\r').unwrap_or(password);
+        return Ok(SecretString::from(password.to_owned()));
+    }
+    let first = rpassword::prompt_password(format!("password for {name}: "))?;
+    let second = rpassword::prompt_password("again: ")?;
+    if first != second {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the passwords differ",
+        ));
+    }
+    Ok(SecretString::from(first))
+}

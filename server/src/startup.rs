@@ -1,0 +1,287 @@
+//! The only place that wires things: store, keys, revocation state, the
+//! domain, and the gRPC server with its transport limits.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use tessera::pb::token_service_server::TokenServiceServer;
+use tokio::task::JoinHandle;
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    clock::Clock,
+    config::Settings,
+    domain::{Authority, HashError, PasswordHasher},
+    grpc::{self, service::TokenApi},
+    keys::{self, Kek, KeyRing, kek::KekError},
+    revocation::{RevocationState, follower::Follower},
+    store::{self, Backend, Store, StoreError},
+};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The database could not be opened or migrated.
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    /// The key-encryption key is missing or invalid.
+    #[error("key-encryption key: {0}")]
+    Kek(String),
+    /// Keys could not be loaded or generated.
+    #[error("signing keys: {0}")]
+    Keys(#[from] keys::KeyError),
+    /// Password hashing is misconfigured.
+    #[error("password hashing: {0}")]
+    Hash(#[from] HashError),
+    /// The data folder or listening socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<KekError> for StartupError {
+    fn from(e: KekError) -> Self {
+        Self::Kek(e.to_string())
+    }
+}
+
+/// Aborts a background task when dropped, so an application (or a test's)
+/// leaves nothing running behind it.
+struct Background(JoinHandle<()>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A built, bound, not yet serving Tessera.
+pub struct Application {
+    incoming: TcpIncoming,
+    local_addr: SocketAddr,
+    authority: Arc<Authority>,
+    health: HealthReporter,
+    request_timeout: Duration,
+    _background: Vec<Background>,
+}
+
+impl Application {
+    /// Opens the store (migrating if asked), loads keys and revocation state,
+    /// starts following the database, and binds the listener.
+    pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        let url = settings.database_url.expose_secret();
+        let backend = Backend::of_url(url).ok_or(StoreError::UnsupportedUrl)?;
+        let store = open_store(&settings).await?;
+        if backend == Backend::Sqlite {
+            tracing::info!(
+                "using the embedded SQLite database: single node only; set TESSERA_DATABASE_URL=postgres://... to run replicas"
+            );
+        }
+        let kek = load_kek(&settings, backend)?;
+        let keys = Arc::new(
+            KeyRing::load(
+                &*store,
+                kek,
+                settings.signing_alg,
+                settings.policy.key_retention(),
+                clock.now(),
+            )
+            .await?,
+        );
+        let revocations = Arc::new(RevocationState::new(settings.revocation_stale_after));
+        revocations.sync(&*store, clock.now()).await?;
+
+        let follower = Follower {
+            store: Arc::clone(&store),
+            revocations: Arc::clone(&revocations),
+            keys: Arc::clone(&keys),
+            clock: Arc::clone(&clock),
+            settings: settings.follow,
+        };
+        let mut background = vec![Background(tokio::spawn(follower.run()))];
+
+        let hasher = PasswordHasher::new(&settings.hashing)?;
+        let authority = Arc::new(Authority::new(
+            store,
+            keys,
+            revocations,
+            hasher,
+            clock,
+            settings.policy.clone(),
+        ));
+
+        let (health, _) = tonic_health::server::health_reporter();
+        background.push(Background(tokio::spawn(report_health(
+            health.clone(),
+            Arc::clone(&authority),
+            settings.follow.poll_interval,
+        ))));
+
+        // TCP keepalive finds dead peers the HTTP/2 pings cannot reach.
+        let incoming = TcpIncoming::bind(settings.listen_addr)?
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
+        let local_addr = incoming.local_addr()?;
+        Ok(Self {
+            incoming,
+            local_addr,
+            authority,
+            health,
+            request_timeout: settings.request_timeout,
+            _background: background,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight calls.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tessera::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the embedded descriptor sets are valid");
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tessera::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .expect("the embedded descriptor sets are valid");
+        let health_service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(self.health),
+        );
+        tracing::info!(addr = %self.local_addr, "serving tessera.v1.TokenService");
+
+        Server::builder()
+            // Bounds that tonic leaves open by default: streams per
+            // connection, reset floods (CVE-2023-44487 style), header size,
+            // and how long one call may hold resources.
+            .max_concurrent_streams(256)
+            .http2_max_pending_accept_reset_streams(Some(100))
+            .http2_max_local_error_reset_streams(Some(256))
+            .http2_max_header_list_size(16 * 1024)
+            .timeout(self.request_timeout)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(grpc::token_service(self.authority))
+            .serve_with_incoming_shutdown(self.incoming, shutdown)
+            .await
+    }
+}
+
+/// Opens (and unless told otherwise migrates) the configured store; the
+/// admin commands use it too.
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartupError> {
+    let url = settings.database_url.expose_secret();
+    if Backend::of_url(url) == Some(Backend::Sqlite) {
+        create_private_dir(&settings.data_dir)?;
+    }
+    Ok(store::connect(url, settings.database_max_connections, settings.migrate).await?)
+}
+
+/// The configured key-encryption key; for SQLite without one, a key kept in
+/// the data folder (generated with mode 0600 on first use).
+pub fn load_kek(settings: &Settings, backend: Backend) -> Result<Kek, StartupError> {
+    if let Some(encoded) = &settings.key_encryption_key {
+        return Ok(Kek::from_base64(encoded)?);
+    }
+    if backend == Backend::Postgres {
+        return Err(StartupError::Kek(
+            "TESSERA_KEY_ENCRYPTION_KEY is required with PostgreSQL, and must be the same on every replica (base64 of 32 random bytes)".into(),
+        ));
+    }
+    let path = settings.data_dir.join("key-encryption-key");
+    match std::fs::read_to_string(&path) {
+        Ok(encoded) => Ok(Kek::from_base64(&SecretString::from(encoded))?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_private_dir(&settings.data_dir)?;
+            let encoded = Kek::generate_base64();
+            write_private_file(&path, encoded.expose_secret())?;
+            tracing::warn!(
+                path = %path.display(),
+                "generated a key-encryption key for the embedded database; back it up, or set TESSERA_KEY_ENCRYPTION_KEY"
+            );
+            Ok(Kek::from_base64(&encoded)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+fn write_private_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+/// Keeps the health status in step with readiness: SERVING only while a key
+/// can sign and the revocation state is fresh.
+async fn report_health(health: HealthReporter, authority: Arc<Authority>, every: Duration) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(every.min(Duration::from_millis(500)));
+    loop {
+        tick.tick().await;
+        let ready = authority.is_ready();
+        if last != Some(ready) {
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            if !ready {
+                tracing::warn!("not ready: reporting NOT_SERVING");
+            }
+            health.set_service_status("", status).await;
+            health
+                .set_service_status(
+                    <TokenServiceServer<TokenApi> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+            last = Some(ready);
+        }
+    }
+}
+
+/// Completes on Ctrl+C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,380 @@
+//! Durable state behind one trait, so the domain never sees SQL.
+//!
+//! Everything that decides whether a token is valid lives here: users and
+//! clients (with their disabled flags), sessions, refresh tokens (as hashes,
+//! with their spent time), the append-only revocation log and the encrypted
+//! signing keys. [`sql::SqlStore`] implements the trait once over sqlx's `Any`
+//! driver, because the queries are the same on both backends; what differs
+//! per backend (connection setup, migrations, serialising the revocation log,
+//! change notifications) is in [`postgres`] and [`sqlite`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::{
+    clock::UnixTime,
+    domain::{Audience, ClientId, ScopeSet, SecretHash, Username},
+};
+
+pub mod postgres;
+pub mod sql;
+pub mod sqlite;
+
+/// What went wrong in the store. The caller of the gRPC API sees only a
+/// generic message; the log sees the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A row with the same unique key exists (a user or client id in use).
+    #[error("already exists")]
+    Conflict,
+    /// The database could not be reached or did not answer in time.
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// A stored value could not be read back (corruption or a bad migration).
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    /// Migrations could not be applied.
+    #[error("migration failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// The database URL names no supported backend.
+    #[error("database URL must start with postgres:// or sqlite:")]
+    UnsupportedUrl,
+    /// Any other database error.
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict,
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(e),
+            _ => Self::Database(e),
+        }
+    }
+}
+
+/// A user as stored.
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    /// Stable random id, written as `sub`.
+    pub id: String,
+    /// Login name; never written into a token.
+    pub username: Username,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Scopes the user may be granted.
+    pub scopes: ScopeSet,
+    /// Audiences the user may ask for besides the server default.
+    pub audiences: Vec<Audience>,
+    /// Disabled users cannot log in or refresh.
+    pub disabled: bool,
+}
+
+/// A client (service account) as stored.
+#[derive(Debug, Clone)]
+pub struct ClientRecord {
+    /// The client id, written as `sub` and `client_id`.
+    pub id: ClientId,
+    /// SHA-256 of the client secret.
+    pub secret_hash: SecretHash,
+    /// Scopes the client may be granted.
+    pub scopes: ScopeSet,
+    /// Audiences the client may ask for besides the server default.
+    pub audiences: Vec<Audience>,
+    /// Disabled clients cannot get tokens.
+    pub disabled: bool,
+}
+
+/// A session: one password login and every refresh token rotated from it.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// Session id, written as `sid` into every token of the session.
+    pub sid: String,
+    /// The user's id.
+    pub user_id: String,
+    /// The audience every token of the session is issued for.
+    pub audience: Audience,
+    /// When the session began.
+    pub created_at: UnixTime,
+}
+
+/// A refresh token about to be stored (only its hash is kept).
+#[derive(Debug, Clone)]
+pub struct NewRefreshToken {
+    /// SHA-256 of the token.
+    pub hash: SecretHash,
+    /// Scopes the token may be exchanged for.
+    pub scopes: ScopeSet,
+    /// When it was issued.
+    pub issued_at: UnixTime,
+    /// When it stops being usable.
+    pub expires_at: UnixTime,
+}
+
+/// A stored refresh token with what is known of its session and user.
+#[derive(Debug, Clone)]
+pub struct RefreshTokenRecord {
+    /// The session the token belongs to.
+    pub sid: String,
+    /// The user's id.
+    pub user_id: String,
+    /// The user's name (reported by introspection, never put in a JWT).
+    pub username: String,
+    /// The audience of the session.
+    pub audience: Audience,
+    /// Scopes the token may be exchanged for.
+    pub scopes: ScopeSet,
+    /// When it was issued.
+    pub issued_at: UnixTime,
+    /// When it stops being usable.
+    pub expires_at: UnixTime,
+    /// When it was exchanged, if it was.
+    pub spent_at: Option<UnixTime>,
+    /// True once the session is revoked (logout, theft, disabled user).
+    pub session_revoked: bool,
+}
+
+/// What a revocation log entry denies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationKind {
+    /// One access token, by `jti`.
+    Token,
+    /// Every access token of a session, by `sid`.
+    Session,
+    /// Every token of a subject issued at or before the entry's time.
+    Subject,
+}
+
+impl RevocationKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "jti",
+            Self::Session => "sid",
+            Self::Subject => "sub",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "jti" => Ok(Self::Token),
+            "sid" => Ok(Self::Session),
+            "sub" => Ok(Self::Subject),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown revocation kind {other:?}"
+            ))),
+        }
+    }
+}
+
+/// One entry of the append-only revocation log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// What is denied.
+    pub kind: RevocationKind,
+    /// The `jti`, `sid` or `sub` denied.
+    pub value: String,
+    /// When the revocation was made.
+    pub at: UnixTime,
+    /// After this no token it could deny is still live, so it can be forgotten.
+    pub expires_at: UnixTime,
+}
+
+/// A signing key as stored: public half in the clear, private half encrypted
+/// under the key-encryption key.
+#[derive(Clone)]
+pub struct StoredKey {
+    /// Key id, written as `kid`.
+    pub kid: String,
+    /// JWS algorithm name (`ES256`, `EdDSA`, `RS256`).
+    pub alg: String,
+    /// The public JWK, as JSON.
+    pub public_jwk: String,
+    /// Nonce and AES-256-GCM ciphertext of the PKCS#8 private key.
+    pub encrypted_private_key: Vec<u8>,
+    /// When it was created.
+    pub created_at: UnixTime,
+    /// When it starts signing; published in the JWKS before then.
+    pub activates_at: UnixTime,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("activates_at", &self.activates_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Something changed in the database that other replicas must pick up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// New revocation log entries.
+    Revocations,
+    /// A new signing key.
+    Keys,
+    /// The feed may have missed notifications (it reconnected): re-read all.
+    Unknown,
+}
+
+/// A push feed of [`Change`]s (PostgreSQL LISTEN/NOTIFY). Polling stays the
+/// backstop, so a missed notification delays a change but never loses it.
+#[async_trait]
+pub trait ChangeFeed: Send {
+    /// Waits for the next change.
+    async fn next(&mut self) -> Result<Change, StoreError>;
+}
+
+/// Durable storage used by the domain.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Stores a new user; [`StoreError::Conflict`] if the name is taken.
+    async fn insert_user(&self, user: &UserRecord, now: UnixTime) -> Result<(), StoreError>;
+
+    /// Looks a user up by name.
+    async fn find_user(&self, username: &Username) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Disables a user, revokes every session of theirs and appends a subject
+    /// revocation, atomically. Returns the user's id, or `None` if unknown.
+    /// The subject entry is made at `at` and kept until `expires_at`.
+    async fn disable_user(
+        &self,
+        username: &Username,
+        at: UnixTime,
+        expires_at: UnixTime,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Stores a new client; [`StoreError::Conflict`] if the id is taken.
+    async fn insert_client(&self, client: &ClientRecord, now: UnixTime) -> Result<(), StoreError>;
+
+    /// Looks a client up by id.
+    async fn find_client(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError>;
+
+    /// Stores a new session with its first refresh token.
+    async fn create_session(
+        &self,
+        session: &NewSession,
+        token: &NewRefreshToken,
+    ) -> Result<(), StoreError>;
+
+    /// Looks a refresh token up by hash.
+    async fn find_refresh_token(
+        &self,
+        hash: &SecretHash,
+    ) -> Result<Option<RefreshTokenRecord>, StoreError>;
+
+    /// Rotation, as one atomic conditional update: marks the presented token
+    /// spent and stores its successor, only if the token is unspent, unexpired
+    /// and its session unrevoked. False when another exchange won the race
+    /// (or the token became unusable); nothing is written then.
+    async fn spend_refresh_token(
+        &self,
+        presented: &SecretHash,
+        successor: &NewRefreshToken,
+        now: UnixTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Adds another refresh token to a session (a reuse inside the grace
+    /// window), only if the session is not revoked.
+    async fn add_refresh_token(
+        &self,
+        sid: &str,
+        token: &NewRefreshToken,
+    ) -> Result<bool, StoreError>;
+
+    /// Revokes a session and appends its revocation entry, atomically. False
+    /// if the session was unknown or already revoked.
+    async fn revoke_session(&self, entry: &Revocation) -> Result<bool, StoreError>;
+
+    /// Appends an entry to the revocation log.
+    async fn append_revocation(&self, entry: &Revocation) -> Result<(), StoreError>;
+
+    /// Log entries after `cursor` that have not expired by `now`, oldest
+    /// first, at most `limit`, each with its log position.
+    async fn revocations_after(
+        &self,
+        cursor: i64,
+        now: UnixTime,
+        limit: i64,
+    ) -> Result<Vec<(i64, Revocation)>, StoreError>;
+
+    /// Stores a new signing key.
+    async fn insert_signing_key(&self, key: &StoredKey) -> Result<(), StoreError>;
+
+    /// Every stored signing key, oldest activation first.
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+
+    /// A push feed of changes, where the backend has one.
+    async fn change_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError>;
+}
+
+/// Which database a URL selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `postgres://` or `postgresql://`.
+    Postgres,
+    /// `sqlite:`.
+    Sqlite,
+}
+
+impl Backend {
+    /// The backend a database URL names, if it is one Tessera supports.
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else {
+            None
+        }
+    }
+}
+
+/// Builds a migrator from migrations compiled into the binary, so a deployed
+/// `tessera` needs no files beside it: `(version, description, sql)`.
+fn embedded_migrator(migrations: &[(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {
+    use std::borrow::Cow;
+    let migrations = migrations
+        .iter()
+        .map(|&(version, description, sql)| {
+            sqlx::migrate::Migration::new(
+                version,
+                Cow::Borrowed(description),
+                sqlx::migrate::MigrationType::Simple,
+                Cow::Borrowed(sql),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
+    sqlx::migrate::Migrator {
+        migrations: Cow::Owned(migrations),
+        ..sqlx::migrate::Migrator::DEFAULT
+    }
+}
+
+/// Connects to the database `url` names, applying migrations when `migrate`.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    migrate: bool,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let store = match Backend::of_url(url) {
+        Some(Backend::Postgres) => postgres::connect(url, max_connections).await?,
+        Some(Backend::Sqlite) => sqlite::connect(url, max_connections).await?,
+        None => return Err(StoreError::UnsupportedUrl),
+    };
+    if migrate {
+        store.migrate().await?;
+    }
+    Ok(Arc::new(store))
+}
