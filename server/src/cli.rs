@@ -23,7 +23,7 @@ use crate::{
 
 /// Tessera: a gRPC token service.
 #[derive(Debug, Parser)]
-#[command(name = "tessera", version, about)]
+#[command(name = "tessera", version, about, args_override_self = true)]
 pub struct Cli {
     #[command(flatten)]
     options: Options,

@@ -71,13 +71,15 @@ impl Application {
     pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
         let url = settings.database_url.expose_secret();
         let backend = Backend::of_url(url).ok_or(StoreError::UnsupportedUrl)?;
+        // Before connecting: a missing key-encryption key is a configuration
+        // error that should not wait on the database.
+        let kek = load_kek(&settings, backend)?;
         let store = open_store(&settings).await?;
         if backend == Backend::Sqlite {
             tracing::info!(
                 "using the embedded SQLite database: single node only; set TESSERA_DATABASE_URL=postgres://... to run replicas"
             );
         }
-        let kek = load_kek(&settings, backend)?;
         let keys = Arc::new(
             KeyRing::load(
                 &*store,

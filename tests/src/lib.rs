@@ -20,9 +20,7 @@ use tessera::pb::{
 use tessera_server::{
     clock::{Clock, ManualClock},
     config::{Options, Settings},
-    domain::{
-        Audience, ClientId, Password, PasswordHasher, ScopeSet, Username, admin,
-    },
+    domain::{Audience, ClientId, Password, PasswordHasher, ScopeSet, Username, admin},
     keys::Kek,
     startup::{self, Application},
     store::Store,
@@ -79,7 +77,10 @@ impl TestDatabase {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = match backend {
             Backend::Sqlite => {
-                format!("sqlite://{}?mode=rwc", dir.path().join("tessera.db").display())
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("tessera.db").display()
+                )
             }
             Backend::Postgres => create_postgres_database().await,
         };
@@ -104,13 +105,22 @@ pub fn postgres_admin_url() -> String {
 
 async fn create_postgres_database() -> String {
     let admin = postgres_admin_url();
-    let name = format!("tessera_test_{}", tessera_server::domain::secrets::random_id().to_lowercase().replace(['-', '_'], ""));
-    let mut conn = PgConnection::connect(&admin).await.expect("connect to the test PostgreSQL");
+    let name = format!(
+        "tessera_test_{}",
+        tessera_server::domain::secrets::random_id()
+            .to_lowercase()
+            .replace(['-', '_'], "")
+    );
+    let mut conn = PgConnection::connect(&admin)
+        .await
+        .expect("connect to the test PostgreSQL");
     conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
         .await
         .expect("create a test database");
     conn.close().await.ok();
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(base, _)| base);
     format!("{base}/{name}")
 }
 
@@ -130,7 +140,9 @@ pub struct TestApp {
     server: Option<JoinHandle<()>>,
 }
 
+/// Later flags override earlier ones, as they do for `tessera`.
 #[derive(Parser)]
+#[command(args_override_self = true)]
 struct Flags {
     #[command(flatten)]
     options: Options,
@@ -157,7 +169,11 @@ pub fn settings_for(db: &TestDatabase, extra_flags: &[&str]) -> Settings {
         "5s",
     ];
     args.extend_from_slice(extra_flags);
-    Flags::try_parse_from(args).expect("valid flags").options.settings().expect("valid settings")
+    Flags::try_parse_from(args)
+        .expect("valid flags")
+        .options
+        .settings()
+        .expect("valid settings")
 }
 
 /// A Tessera on a fresh database.
@@ -226,7 +242,10 @@ impl TestApp {
             &*self.store,
             ClientId::parse(id).unwrap(),
             ScopeSet::parse_list(scopes).unwrap(),
-            audiences.iter().map(|a| Audience::parse(a).unwrap()).collect(),
+            audiences
+                .iter()
+                .map(|a| Audience::parse(a).unwrap())
+                .collect(),
             self.clock.now(),
         )
         .await
@@ -242,12 +261,19 @@ impl TestApp {
 
     /// Issue with any request.
     pub async fn issue(&self, request: IssueRequest) -> Result<IssueResponse, Status> {
-        self.client.clone().issue(request).await.map(tonic::Response::into_inner)
+        self.client
+            .clone()
+            .issue(request)
+            .await
+            .map(tonic::Response::into_inner)
     }
 
     /// A bearer token allowed to introspect, from a new client.
     pub async fn introspector_token(&self) -> String {
-        let id = format!("introspector-{}", tessera_server::domain::secrets::random_id());
+        let id = format!(
+            "introspector-{}",
+            tessera_server::domain::secrets::random_id()
+        );
         let secret = self.add_client(&id, &["tessera:introspect"], &[]).await;
         self.issue(client_grant(&id, &secret))
             .await
@@ -256,7 +282,11 @@ impl TestApp {
     }
 
     /// Introspect `token` with `bearer`.
-    pub async fn introspect_with(&self, bearer: &str, token: &str) -> Result<IntrospectResponse, Status> {
+    pub async fn introspect_with(
+        &self,
+        bearer: &str,
+        token: &str,
+    ) -> Result<IntrospectResponse, Status> {
         let mut request = Request::new(IntrospectRequest {
             token: token.to_owned(),
             token_type_hint: 0,
@@ -264,7 +294,11 @@ impl TestApp {
         request
             .metadata_mut()
             .insert("authorization", format!("Bearer {bearer}").parse().unwrap());
-        self.client.clone().introspect(request).await.map(tonic::Response::into_inner)
+        self.client
+            .clone()
+            .introspect(request)
+            .await
+            .map(tonic::Response::into_inner)
     }
 
     /// Stops the server gracefully and waits for it.

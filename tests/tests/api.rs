@@ -34,7 +34,8 @@ on_both_backends!(
 
 async fn a_password_grant_issues_an_access_and_a_refresh_token(backend: Backend) {
     let (app, _db) = spawn_app(backend).await;
-    app.add_user("alice", "correct horse", &["read", "write"]).await;
+    app.add_user("alice", "correct horse", &["read", "write"])
+        .await;
     let tokens = app.login("alice", "correct horse").await.unwrap();
     assert_eq!(tokens.token_type, "Bearer");
     assert_eq!(tokens.expires_in, 600);
@@ -42,7 +43,10 @@ async fn a_password_grant_issues_an_access_and_a_refresh_token(backend: Backend)
     assert_eq!(tokens.refresh_expires_in, 30 * 24 * 3600);
     assert_eq!(tokens.scopes, ["read", "write"]);
     let bearer = app.introspector_token().await;
-    let info = app.introspect_with(&bearer, &tokens.access_token).await.unwrap();
+    let info = app
+        .introspect_with(&bearer, &tokens.access_token)
+        .await
+        .unwrap();
     assert!(info.active);
     assert_eq!(info.token_type, "access_token");
     assert_eq!(info.scopes, ["read", "write"]);
@@ -51,24 +55,46 @@ async fn a_password_grant_issues_an_access_and_a_refresh_token(backend: Backend)
 async fn the_access_token_is_an_rfc9068_jwt_without_personal_data(backend: Backend) {
     let (app, _db) = spawn_app(backend).await;
     let sub = app.add_user("alice@example.com", "pw", &["read"]).await;
-    let token = app.login("alice@example.com", "pw").await.unwrap().access_token;
+    let token = app
+        .login("alice@example.com", "pw")
+        .await
+        .unwrap()
+        .access_token;
     let header = jsonwebtoken::decode_header(&token).unwrap();
     assert_eq!(header.typ.as_deref(), Some("at+jwt"));
     assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
     assert!(header.kid.is_some());
     let payload = token.split('.').nth(1).unwrap();
     let claims: serde_json::Value = serde_json::from_slice(
-        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).unwrap(),
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
     )
     .unwrap();
-    for claim in ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope", "sid"] {
+    for claim in [
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "iat",
+        "nbf",
+        "jti",
+        "client_id",
+        "scope",
+        "sid",
+    ] {
         assert!(claims.get(claim).is_some(), "missing {claim}");
     }
     assert_eq!(claims["sub"], sub.as_str());
     assert_eq!(claims["iss"], "tessera");
     assert_eq!(claims["aud"], "tessera");
-    assert!(!payload.is_empty() && !claims.to_string().contains("alice"), "username leaked: {claims}");
-    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 600);
+    assert!(
+        !payload.is_empty() && !claims.to_string().contains("alice"),
+        "username leaked: {claims}"
+    );
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        600
+    );
 }
 
 async fn wrong_password_unknown_user_and_disabled_user_look_the_same(backend: Backend) {
@@ -100,7 +126,10 @@ async fn a_client_credentials_grant_issues_no_refresh_token(backend: Backend) {
     assert!(tokens.refresh_token.is_empty());
     assert_eq!(tokens.refresh_expires_in, 0);
     let bearer = app.introspector_token().await;
-    let info = app.introspect_with(&bearer, &tokens.access_token).await.unwrap();
+    let info = app
+        .introspect_with(&bearer, &tokens.access_token)
+        .await
+        .unwrap();
     assert!(info.active);
     assert_eq!(info.sub, "billing");
     assert_eq!(info.client_id, "billing");
@@ -112,8 +141,14 @@ async fn a_wrong_client_secret_is_unauthenticated(backend: Backend) {
     let mut wrong = secret.clone();
     wrong.pop();
     wrong.push(if secret.ends_with('A') { 'B' } else { 'A' });
-    let bad = app.issue(client_grant("billing", &wrong)).await.unwrap_err();
-    let unknown = app.issue(client_grant("nobody", &secret)).await.unwrap_err();
+    let bad = app
+        .issue(client_grant("billing", &wrong))
+        .await
+        .unwrap_err();
+    let unknown = app
+        .issue(client_grant("nobody", &secret))
+        .await
+        .unwrap_err();
     assert_eq!(bad.code(), Code::Unauthenticated);
     assert_eq!(unknown.code(), Code::Unauthenticated);
     assert_eq!(bad.message(), unknown.message());
@@ -126,7 +161,10 @@ async fn scopes_may_be_narrowed_but_not_widened_at_issue(backend: Backend) {
     request.scopes = vec!["read".into()];
     assert_eq!(app.issue(request.clone()).await.unwrap().scopes, ["read"]);
     request.scopes = vec!["read".into(), "admin".into()];
-    assert_eq!(app.issue(request).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        app.issue(request).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
 }
 
 async fn an_audience_must_be_allowed_for_the_principal(backend: Backend) {
@@ -136,9 +174,15 @@ async fn an_audience_must_be_allowed_for_the_principal(backend: Backend) {
     request.audience = "billing-api".into();
     let token = app.issue(request.clone()).await.unwrap().access_token;
     let bearer = app.introspector_token().await;
-    assert_eq!(app.introspect_with(&bearer, &token).await.unwrap().aud, ["billing-api"]);
+    assert_eq!(
+        app.introspect_with(&bearer, &token).await.unwrap().aud,
+        ["billing-api"]
+    );
     request.audience = "payroll-api".into();
-    assert_eq!(app.issue(request).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        app.issue(request).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
 }
 
 async fn malformed_issue_requests_are_invalid_arguments(backend: Backend) {
@@ -175,8 +219,14 @@ async fn refresh_rotates_and_the_old_access_token_stays_valid(backend: Backend) 
     assert_ne!(second.refresh_token, first.refresh_token);
     assert_ne!(second.access_token, first.access_token);
     let bearer = app.introspector_token().await;
-    let old = app.introspect_with(&bearer, &first.access_token).await.unwrap();
-    let new = app.introspect_with(&bearer, &second.access_token).await.unwrap();
+    let old = app
+        .introspect_with(&bearer, &first.access_token)
+        .await
+        .unwrap();
+    let new = app
+        .introspect_with(&bearer, &second.access_token)
+        .await
+        .unwrap();
     assert!(old.active && new.active);
     assert_eq!(old.sid, new.sid);
     // The new refresh token rotates again.
@@ -218,7 +268,12 @@ async fn a_reused_refresh_token_within_the_grace_window_gets_a_valid_pair(backen
     app.clock.advance(Duration::from_secs(9)); // default grace is 10 s
     let retried = refresh(&app, &first.refresh_token).await.unwrap();
     let bearer = app.introspector_token().await;
-    assert!(app.introspect_with(&bearer, &retried.access_token).await.unwrap().active);
+    assert!(
+        app.introspect_with(&bearer, &retried.access_token)
+            .await
+            .unwrap()
+            .active
+    );
     assert!(refresh(&app, &retried.refresh_token).await.is_ok());
 }
 
@@ -231,14 +286,25 @@ async fn a_reused_refresh_token_after_the_grace_window_revokes_the_session(backe
     let replay = refresh(&app, &first.refresh_token).await.unwrap_err();
     assert_eq!(replay.code(), Code::Unauthenticated);
     // The legitimate holder's tokens die with the session.
-    assert_eq!(refresh(&app, &second.refresh_token).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        refresh(&app, &second.refresh_token)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
     let bearer = app.introspector_token().await;
     for token in [&first.access_token, &second.access_token] {
         assert!(!app.introspect_with(&bearer, token).await.unwrap().active);
     }
     // Another session of the same user is untouched.
     let other = app.login("alice", "pw").await.unwrap();
-    assert!(app.introspect_with(&bearer, &other.access_token).await.unwrap().active);
+    assert!(
+        app.introspect_with(&bearer, &other.access_token)
+            .await
+            .unwrap()
+            .active
+    );
 }
 
 async fn concurrent_refreshes_of_one_token_never_fail_internally(backend: Backend) {
@@ -251,7 +317,10 @@ async fn concurrent_refreshes_of_one_token_never_fail_internally(backend: Backen
             let token = first.refresh_token.clone();
             tokio::spawn(async move {
                 client
-                    .refresh(RefreshRequest { refresh_token: token, scopes: Vec::new() })
+                    .refresh(RefreshRequest {
+                        refresh_token: token,
+                        scopes: Vec::new(),
+                    })
                     .await
                     .map(tonic::Response::into_inner)
             })
@@ -261,17 +330,29 @@ async fn concurrent_refreshes_of_one_token_never_fail_internally(backend: Backen
     for attempt in attempts {
         // Inside the grace window every attempt gets a pair: exactly one wins
         // the rotation, the rest are the same client retrying.
-        successors.push(attempt.await.unwrap().expect("no error, INTERNAL or otherwise"));
+        successors.push(
+            attempt
+                .await
+                .unwrap()
+                .expect("no error, INTERNAL or otherwise"),
+        );
     }
     assert_eq!(successors.len(), 16);
-    let distinct: std::collections::HashSet<_> = successors.iter().map(|s| &s.refresh_token).collect();
+    let distinct: std::collections::HashSet<_> =
+        successors.iter().map(|s| &s.refresh_token).collect();
     assert_eq!(distinct.len(), 16);
     // Once the window has passed, replaying the spent token ends the session,
     // so none of the successors outlives the theft signal.
     app.clock.advance(Duration::from_secs(11));
     assert!(refresh(&app, &first.refresh_token).await.is_err());
     for successor in &successors {
-        assert_eq!(refresh(&app, &successor.refresh_token).await.unwrap_err().code(), Code::Unauthenticated);
+        assert_eq!(
+            refresh(&app, &successor.refresh_token)
+                .await
+                .unwrap_err()
+                .code(),
+            Code::Unauthenticated
+        );
     }
 }
 
@@ -280,7 +361,13 @@ async fn an_expired_refresh_token_is_rejected(backend: Backend) {
     app.add_user("alice", "pw", &["read"]).await;
     let first = app.login("alice", "pw").await.unwrap();
     app.clock.advance(Duration::from_secs(30 * 24 * 3600 + 1));
-    assert_eq!(refresh(&app, &first.refresh_token).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        refresh(&app, &first.refresh_token)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
 }
 
 async fn revoking_an_access_token_revokes_only_that_token(backend: Backend) {
@@ -290,9 +377,21 @@ async fn revoking_an_access_token_revokes_only_that_token(backend: Backend) {
     let second = refresh(&app, &first.refresh_token).await.unwrap();
     revoke(&app, &first.access_token).await.unwrap();
     let bearer = app.introspector_token().await;
-    let revoked = app.introspect_with(&bearer, &first.access_token).await.unwrap();
-    assert_eq!(revoked, Default::default(), "an inactive answer says nothing else");
-    assert!(app.introspect_with(&bearer, &second.access_token).await.unwrap().active);
+    let revoked = app
+        .introspect_with(&bearer, &first.access_token)
+        .await
+        .unwrap();
+    assert_eq!(
+        revoked,
+        Default::default(),
+        "an inactive answer says nothing else"
+    );
+    assert!(
+        app.introspect_with(&bearer, &second.access_token)
+            .await
+            .unwrap()
+            .active
+    );
     assert!(refresh(&app, &second.refresh_token).await.is_ok());
 }
 
@@ -303,25 +402,51 @@ async fn revoking_a_refresh_token_revokes_its_session_and_its_access_tokens(back
     let second = refresh(&app, &first.refresh_token).await.unwrap();
     revoke(&app, &second.refresh_token).await.unwrap();
     let bearer = app.introspector_token().await;
-    for token in [&first.access_token, &second.access_token, &second.refresh_token] {
+    for token in [
+        &first.access_token,
+        &second.access_token,
+        &second.refresh_token,
+    ] {
         assert!(!app.introspect_with(&bearer, token).await.unwrap().active);
     }
-    assert_eq!(refresh(&app, &second.refresh_token).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        refresh(&app, &second.refresh_token)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
     // Revoking again is still OK.
     revoke(&app, &second.refresh_token).await.unwrap();
 }
 
 async fn revoking_unknown_or_malformed_tokens_is_ok(backend: Backend) {
     let (app, _db) = spawn_app(backend).await;
-    for token in ["tsr_unknown", "not-a-jwt", "a.b.c", "eyJhbGciOiJub25lIn0.e30."] {
-        revoke(&app, token).await.unwrap_or_else(|s| panic!("{token}: {s:?}"));
+    for token in [
+        "tsr_unknown",
+        "not-a-jwt",
+        "a.b.c",
+        "eyJhbGciOiJub25lIn0.e30.",
+    ] {
+        revoke(&app, token)
+            .await
+            .unwrap_or_else(|s| panic!("{token}: {s:?}"));
     }
 }
 
 async fn revoke_rejects_empty_and_oversized_tokens(backend: Backend) {
     let (app, _db) = spawn_app(backend).await;
-    assert_eq!(revoke(&app, "").await.unwrap_err().code(), Code::InvalidArgument);
-    assert_eq!(revoke(&app, &"a".repeat(8 * 1024 + 1)).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        revoke(&app, "").await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        revoke(&app, &"a".repeat(8 * 1024 + 1))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
 }
 
 async fn introspect_requires_a_bearer_token_with_the_introspect_scope(backend: Backend) {
@@ -331,13 +456,22 @@ async fn introspect_requires_a_bearer_token_with_the_introspect_scope(backend: B
     let no_bearer = app
         .client
         .clone()
-        .introspect(tessera::pb::IntrospectRequest { token: user_token.clone(), token_type_hint: 0 })
+        .introspect(tessera::pb::IntrospectRequest {
+            token: user_token.clone(),
+            token_type_hint: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(no_bearer.code(), Code::Unauthenticated);
-    let garbage = app.introspect_with("garbage", &user_token).await.unwrap_err();
+    let garbage = app
+        .introspect_with("garbage", &user_token)
+        .await
+        .unwrap_err();
     assert_eq!(garbage.code(), Code::Unauthenticated);
-    let without_scope = app.introspect_with(&user_token, &user_token).await.unwrap_err();
+    let without_scope = app
+        .introspect_with(&user_token, &user_token)
+        .await
+        .unwrap_err();
     assert_eq!(without_scope.code(), Code::PermissionDenied);
     let bearer = app.introspector_token().await;
     revoke(&app, &bearer).await.unwrap();
@@ -350,13 +484,21 @@ async fn introspect_reports_an_active_refresh_token_and_not_a_spent_one(backend:
     let sub = app.add_user("alice", "pw", &["read"]).await;
     let first = app.login("alice", "pw").await.unwrap();
     let bearer = app.introspector_token().await;
-    let info = app.introspect_with(&bearer, &first.refresh_token).await.unwrap();
+    let info = app
+        .introspect_with(&bearer, &first.refresh_token)
+        .await
+        .unwrap();
     assert!(info.active);
     assert_eq!(info.token_type, "refresh_token");
     assert_eq!(info.username, "alice");
     assert_eq!(info.sub, sub);
     refresh(&app, &first.refresh_token).await.unwrap();
-    assert!(!app.introspect_with(&bearer, &first.refresh_token).await.unwrap().active);
+    assert!(
+        !app.introspect_with(&bearer, &first.refresh_token)
+            .await
+            .unwrap()
+            .active
+    );
 }
 
 async fn an_expired_access_token_is_inactive(backend: Backend) {
@@ -389,20 +531,44 @@ async fn disabling_a_user_revokes_their_tokens_and_blocks_login(backend: Backend
     // The command ran out of process (like `tessera user disable`): the
     // server learns of it from the revocation log.
     let gone = tessera_tests::eventually(Duration::from_secs(2), || async {
-        !app.introspect_with(&bearer, &alice.access_token).await.unwrap().active
+        !app.introspect_with(&bearer, &alice.access_token)
+            .await
+            .unwrap()
+            .active
     })
     .await;
     assert!(gone.is_some(), "alice's access token still active");
-    assert!(app.introspect_with(&bearer, &bob.access_token).await.unwrap().active);
-    assert_eq!(refresh(&app, &alice.refresh_token).await.unwrap_err().code(), Code::Unauthenticated);
-    assert_eq!(app.login("alice", "pw").await.unwrap_err().code(), Code::Unauthenticated);
+    assert!(
+        app.introspect_with(&bearer, &bob.access_token)
+            .await
+            .unwrap()
+            .active
+    );
+    assert_eq!(
+        refresh(&app, &alice.refresh_token)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        app.login("alice", "pw").await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
 }
 
 async fn jwks_verifies_access_tokens_with_a_standard_jwt_library(backend: Backend) {
     let (app, _db) = spawn_app(backend).await;
     app.add_user("alice", "pw", &["read"]).await;
     let token = app.login("alice", "pw").await.unwrap().access_token;
-    let jwks = app.client.clone().get_jwks(GetJwksRequest {}).await.unwrap().into_inner().jwks_json;
+    let jwks = app
+        .client
+        .clone()
+        .get_jwks(GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jwks_json;
     let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&jwks).unwrap();
     let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
     let jwk = set.find(&kid).expect("the signing key is published");
@@ -426,7 +592,10 @@ async fn refresh(
 ) -> Result<tessera::pb::RefreshResponse, tonic::Status> {
     app.client
         .clone()
-        .refresh(RefreshRequest { refresh_token: token.into(), scopes: Vec::new() })
+        .refresh(RefreshRequest {
+            refresh_token: token.into(),
+            scopes: Vec::new(),
+        })
         .await
         .map(tonic::Response::into_inner)
 }
@@ -434,7 +603,10 @@ async fn refresh(
 async fn revoke(app: &tessera_tests::TestApp, token: &str) -> Result<(), tonic::Status> {
     app.client
         .clone()
-        .revoke(RevokeRequest { token: token.into(), token_type_hint: 0 })
+        .revoke(RevokeRequest {
+            token: token.into(),
+            token_type_hint: 0,
+        })
         .await
         .map(|_| ())
 }

@@ -1,0 +1,358 @@
+//! Hostile tokens (RFC 8725): each must be inactive for Introspect, and
+//! refused as an Introspect bearer. Verification does not depend on the
+//! backend, so these run on SQLite.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tessera_server::{
+    clock::Clock,
+    keys::{Kek, SigningAlg, material},
+};
+use tessera_tests::{Backend, TestApp, TestDatabase, spawn_app};
+use tonic::Code;
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn b64_json(value: &Value) -> String {
+    b64(value.to_string().as_bytes())
+}
+
+/// A real token, the kid of the key that signed it, and the decoded claims.
+struct Sample {
+    token: String,
+    kid: String,
+    claims: Value,
+}
+
+async fn sample(app: &TestApp) -> Sample {
+    app.add_user("alice", "pw", &["read"]).await;
+    let token = app.login("alice", "pw").await.unwrap().access_token;
+    let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
+    let claims = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    Sample { token, kid, claims }
+}
+
+/// The server's real signing key, opened the way a replica opens it.
+async fn real_key(app: &TestApp, db: &TestDatabase) -> EncodingKey {
+    let stored = app.store.signing_keys().await.unwrap().pop().unwrap();
+    let kek = Kek::from_base64(&db.kek).unwrap();
+    let pkcs8 = kek
+        .open(&stored.encrypted_private_key, &stored.kid)
+        .unwrap();
+    material::encoding_key(SigningAlg::Es256, &pkcs8).unwrap()
+}
+
+async fn assert_all_rejected(app: &TestApp, cases: Vec<(&str, String)>) {
+    let bearer = app.introspector_token().await;
+    for (name, token) in cases {
+        let answer = app
+            .introspect_with(&bearer, &token)
+            .await
+            .unwrap_or_else(|s| panic!("{name}: {s:?}"));
+        assert_eq!(answer, Default::default(), "{name} was accepted");
+        let as_bearer = app.introspect_with(&token, &bearer).await.unwrap_err();
+        assert_eq!(as_bearer.code(), Code::Unauthenticated, "{name} as bearer");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_mangled_tokens_are_inactive() {
+    let (app, _db) = spawn_app(Backend::Sqlite).await;
+    let Sample { token, kid, claims } = sample(&app).await;
+    let [header, payload, signature]: [&str; 3] =
+        token.split('.').collect::<Vec<_>>().try_into().unwrap();
+    let mut cases: Vec<(&str, String)> = Vec::new();
+
+    for alg in ["none", "None", "NONE", "nOnE"] {
+        let h = b64_json(&json!({"alg": alg, "typ": "at+jwt", "kid": kid}));
+        cases.push(("alg none, no signature", format!("{h}.{payload}.")));
+        cases.push((
+            "alg none, with signature",
+            format!("{h}.{payload}.{signature}"),
+        ));
+    }
+
+    // Key confusion: HS256 keyed with the public key, in the forms an
+    // attacker could take from the JWKS.
+    let jwks: Value = serde_json::from_str(
+        &app.client
+            .clone()
+            .get_jwks(tessera::pb::GetJwksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .jwks_json,
+    )
+    .unwrap();
+    let jwk = &jwks["keys"][0];
+    let mut point = vec![4u8];
+    point.extend(URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap());
+    point.extend(URL_SAFE_NO_PAD.decode(jwk["y"].as_str().unwrap()).unwrap());
+    for secret in [jwk.to_string().into_bytes(), point] {
+        let mut h = Header::new(Algorithm::HS256);
+        h.typ = Some("at+jwt".into());
+        h.kid = Some(kid.clone());
+        cases.push((
+            "HS256 keyed with the public key",
+            jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(&secret)).unwrap(),
+        ));
+    }
+
+    // Another key under the same kid, and keys the token brings itself.
+    let attacker = material::generate(SigningAlg::Es256, &kid).unwrap();
+    let attacker_key = material::encoding_key(SigningAlg::Es256, &attacker.pkcs8).unwrap();
+    let attacker_jwk: Value = serde_json::from_str(&attacker.public_jwk).unwrap();
+    let sign_with_header = |extra: Value| {
+        let mut h = json!({"alg": "ES256", "typ": "at+jwt", "kid": kid});
+        for (k, v) in extra.as_object().unwrap() {
+            h[k] = v.clone();
+        }
+        let input = format!("{}.{}", b64_json(&h), b64_json(&claims));
+        let sig =
+            jsonwebtoken::crypto::sign(input.as_bytes(), &attacker_key, Algorithm::ES256).unwrap();
+        format!("{input}.{sig}")
+    };
+    cases.push((
+        "another key under the same kid",
+        sign_with_header(json!({})),
+    ));
+    cases.push((
+        "embedded jwk",
+        sign_with_header(json!({"jwk": attacker_jwk})),
+    ));
+    cases.push((
+        "jku",
+        sign_with_header(json!({"jku": "https://attacker.example/jwks"})),
+    ));
+    cases.push((
+        "x5u",
+        sign_with_header(json!({"x5u": "https://attacker.example/cert"})),
+    ));
+    cases.push(("x5c", sign_with_header(json!({"x5c": ["MIIB"]}))));
+    cases.push((
+        "unknown kid",
+        sign_with_header(json!({"kid": "no-such-key"})),
+    ));
+    cases.push((
+        "path traversal kid",
+        sign_with_header(json!({"kid": "../../../../etc/passwd"})),
+    ));
+    cases.push(("missing kid", {
+        let h = b64_json(&json!({"alg": "ES256", "typ": "at+jwt"}));
+        format!("{h}.{payload}.{signature}")
+    }));
+
+    // The real signature kept, the payload changed.
+    let mut elevated = claims.clone();
+    elevated["scope"] = json!("read admin");
+    cases.push((
+        "payload swapped under a kept signature",
+        format!("{header}.{}.{signature}", b64_json(&elevated)),
+    ));
+    cases.push((
+        "header swapped under a kept signature",
+        format!(
+            "{}.{payload}.{signature}",
+            b64_json(&json!({"alg": "ES256", "typ": "at+jwt", "kid": kid, "x": 1}))
+        ),
+    ));
+
+    cases.push(("stripped signature", format!("{header}.{payload}.")));
+    let mut sig = URL_SAFE_NO_PAD.decode(signature).unwrap();
+    sig[10] ^= 0x01;
+    cases.push((
+        "bit-flipped signature",
+        format!("{header}.{payload}.{}", b64(&sig)),
+    ));
+    cases.push(("two segments", format!("{header}.{payload}")));
+    cases.push(("four segments", format!("{token}.{signature}")));
+    cases.push(("padded header", format!("{header}==.{payload}.{signature}")));
+    cases.push((
+        "padded payload",
+        format!("{header}.{payload}==.{signature}"),
+    ));
+    cases.push(("padded signature", format!("{token}==")));
+    // (Over the whole token: a lone signature has no `-` or `_` 6% of the time.)
+    let standard_alphabet = token.replace('-', "+").replace('_', "/");
+    assert_ne!(standard_alphabet, token, "no url-safe characters to swap");
+    cases.push(("standard base64 alphabet", standard_alphabet));
+    cases.push((
+        "non-JSON header",
+        format!("{}.{payload}.{signature}", b64(b"not json")),
+    ));
+    cases.push((
+        "JSON array header",
+        format!("{}.{payload}.{signature}", b64(b"[1,2]")),
+    ));
+    cases.push(("empty string segments", "..".into()));
+    cases.push((
+        "whitespace inside",
+        format!("{header} .{payload}.{signature}"),
+    ));
+
+    assert_all_rejected(&app, cases).await;
+
+    // The untouched token is still fine: the cases failed for their defects.
+    let bearer = app.introspector_token().await;
+    assert!(app.introspect_with(&bearer, &token).await.unwrap().active);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_signed_by_the_real_key_with_bad_headers_or_claims_are_inactive() {
+    let (app, db) = spawn_app(Backend::Sqlite).await;
+    let Sample { kid, claims, .. } = sample(&app).await;
+    let key = real_key(&app, &db).await;
+    let now = app.clock.now().as_secs();
+    let sign = |header: Value, claims: &Value| {
+        let input = format!("{}.{}", b64_json(&header), b64_json(claims));
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::ES256).unwrap();
+        format!("{input}.{sig}")
+    };
+    let good_header = json!({"alg": "ES256", "typ": "at+jwt", "kid": kid});
+    let with = |k: &str, v: Value| {
+        let mut c = claims.clone();
+        c[k] = v;
+        c
+    };
+    let without = |k: &str| {
+        let mut c = claims.clone();
+        c.as_object_mut().unwrap().remove(k);
+        c
+    };
+    let header_with = |k: &str, v: Value| {
+        let mut h = good_header.clone();
+        h[k] = v;
+        h
+    };
+
+    // Control: the real key with good claims is accepted, so every rejection
+    // below is for the defect named.
+    let control = sign(good_header.clone(), &claims);
+    let bearer = app.introspector_token().await;
+    assert!(
+        app.introspect_with(&bearer, &control).await.unwrap().active,
+        "control token rejected"
+    );
+
+    let mut cases: Vec<(&str, String)> = vec![
+        ("typ JWT", sign(header_with("typ", json!("JWT")), &claims)),
+        ("no typ", sign(json!({"alg": "ES256", "kid": kid}), &claims)),
+        (
+            "crit header",
+            sign(header_with("crit", json!(["exp"])), &claims),
+        ),
+        (
+            "wrong issuer",
+            sign(
+                good_header.clone(),
+                &with("iss", json!("https://evil.example")),
+            ),
+        ),
+        (
+            "issuer as a list",
+            sign(good_header.clone(), &with("iss", json!(["tessera"]))),
+        ),
+        (
+            "expired beyond leeway",
+            sign(good_header.clone(), &with("exp", json!(now - 6))),
+        ),
+        (
+            "issued in the future",
+            sign(good_header.clone(), &with("iat", json!(now + 60))),
+        ),
+        (
+            "not yet valid",
+            sign(good_header.clone(), &with("nbf", json!(now + 60))),
+        ),
+        (
+            "lifetime longer than the maximum",
+            sign(good_header.clone(), &with("exp", json!(now + 601))),
+        ),
+        (
+            "exp before iat",
+            sign(good_header.clone(), &{
+                let mut c = with("iat", json!(now));
+                c["exp"] = json!(now - 1);
+                c
+            }),
+        ),
+        (
+            "aud a number",
+            sign(good_header.clone(), &with("aud", json!(42))),
+        ),
+        (
+            "exp a string",
+            sign(
+                good_header.clone(),
+                &with("exp", json!(format!("{}", now + 60))),
+            ),
+        ),
+    ];
+    for claim in ["iss", "sub", "aud", "exp", "iat", "jti", "client_id"] {
+        cases.push((claim, sign(good_header.clone(), &without(claim))));
+    }
+    assert_all_rejected(&app, cases).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_token_is_not_accepted_as_an_access_token() {
+    let (app, _db) = spawn_app(Backend::Sqlite).await;
+    app.add_user("alice", "pw", &["read", "tessera:introspect"])
+        .await;
+    let tokens = app.login("alice", "pw").await.unwrap();
+    let as_bearer = app
+        .introspect_with(&tokens.refresh_token, &tokens.access_token)
+        .await
+        .unwrap_err();
+    assert_eq!(as_bearer.code(), Code::Unauthenticated);
+    // The access token of the same login does work as a bearer.
+    assert!(
+        app.introspect_with(&tokens.access_token, &tokens.access_token)
+            .await
+            .unwrap()
+            .active
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_tokens_are_rejected_before_decoding() {
+    let (app, _db) = spawn_app(Backend::Sqlite).await;
+    let bearer = app.introspector_token().await;
+    let huge = format!(
+        "{}.{}.{}",
+        "a".repeat(4096),
+        "b".repeat(4096),
+        "c".repeat(10)
+    );
+    let status = app.introspect_with(&bearer, &huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = app.introspect_with(&huge, "x").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_64_kib_are_refused() {
+    let (app, _db) = spawn_app(Backend::Sqlite).await;
+    let mut request = tessera_tests::password_grant("alice", "pw");
+    request.scopes = vec!["s".repeat(100); 700];
+    let status = app.issue(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_another_tessera_are_inactive() {
+    let (app, _db) = spawn_app(Backend::Sqlite).await;
+    let (other, _other_db) = spawn_app(Backend::Sqlite).await;
+    other.add_user("alice", "pw", &["read"]).await;
+    let foreign = other.login("alice", "pw").await.unwrap().access_token;
+    let bearer = app.introspector_token().await;
+    assert!(!app.introspect_with(&bearer, &foreign).await.unwrap().active);
+}
