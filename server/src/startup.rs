@@ -19,6 +19,9 @@ use crate::{
     store::{self, Backend, Store, StoreError},
 };
 
+/// How long in-flight calls may finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -159,7 +162,21 @@ impl Application {
         );
         tracing::info!(addr = %self.local_addr, "serving tessera.v1.TokenService");
 
-        Server::builder()
+        // Graceful shutdown waits for connections to close, and a client may
+        // keep an idle one open forever: in-flight calls get DRAIN_TIMEOUT.
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+        };
+        let drain_deadline = async move {
+            if stopping_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        };
+
+        let server = Server::builder()
             // Bounds that tonic leaves open by default: streams per
             // connection, reset floods (CVE-2023-44487 style), header size,
             // and how long one call may hold resources.
@@ -174,8 +191,14 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(grpc::token_service(self.authority))
-            .serve_with_incoming_shutdown(self.incoming, shutdown)
-            .await
+            .serve_with_incoming_shutdown(self.incoming, signal);
+        tokio::select! {
+            result = server => result,
+            () = drain_deadline => {
+                tracing::warn!("connections still open {DRAIN_TIMEOUT:?} after shutdown began; closing them");
+                Ok(())
+            }
+        }
     }
 }
 

@@ -27,7 +27,9 @@ pub struct TelemetryError(#[from] opentelemetry_otlp::ExporterBuildError);
 /// (default `info`).
 pub fn init() -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let provider = match std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Some(_) => {
             // The exporter reads the endpoint (and OTEL_EXPORTER_OTLP_* options) itself.
