@@ -15,7 +15,8 @@ use sqlx::{Connection, Executor, PgConnection};
 use tempfile::TempDir;
 use tessera::pb::{
     ClientCredentialsGrant, IntrospectRequest, IntrospectResponse, IssueRequest, IssueResponse,
-    PasswordGrant, issue_request::Grant, token_service_client::TokenServiceClient,
+    PasswordGrant, RefreshRequest, RefreshResponse, RevokeRequest, issue_request::Grant,
+    token_service_client::TokenServiceClient,
 };
 use tessera_server::{
     clock::{Clock, ManualClock},
@@ -266,6 +267,30 @@ impl TestApp {
             .issue(request)
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// Refresh with the presented token's scopes.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<RefreshResponse, Status> {
+        self.client
+            .clone()
+            .refresh(RefreshRequest {
+                refresh_token: refresh_token.into(),
+                scopes: Vec::new(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Revoke without a type hint.
+    pub async fn revoke(&self, token: &str) -> Result<(), Status> {
+        self.client
+            .clone()
+            .revoke(RevokeRequest {
+                token: token.into(),
+                token_type_hint: 0,
+            })
+            .await
+            .map(|_| ())
     }
 
     /// A bearer token allowed to introspect, from a new client.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tessera::pb::{GetJwksRequest, RefreshRequest, RevokeRequest};
+use tessera::pb::{GetJwksRequest, RefreshRequest};
 use tessera_tests::{Backend, client_grant, on_both_backends, password_grant, spawn_app};
 use tonic::Code;
 
@@ -215,7 +215,7 @@ async fn refresh_rotates_and_the_old_access_token_stays_valid(backend: Backend) 
     let (app, _db) = spawn_app(backend).await;
     app.add_user("alice", "pw", &["read"]).await;
     let first = app.login("alice", "pw").await.unwrap();
-    let second = refresh(&app, &first.refresh_token).await.unwrap();
+    let second = app.refresh(&first.refresh_token).await.unwrap();
     assert_ne!(second.refresh_token, first.refresh_token);
     assert_ne!(second.access_token, first.access_token);
     let bearer = app.introspector_token().await;
@@ -230,7 +230,7 @@ async fn refresh_rotates_and_the_old_access_token_stays_valid(backend: Backend) 
     assert!(old.active && new.active);
     assert_eq!(old.sid, new.sid);
     // The new refresh token rotates again.
-    assert!(refresh(&app, &second.refresh_token).await.is_ok());
+    assert!(app.refresh(&second.refresh_token).await.is_ok());
 }
 
 async fn a_refresh_may_narrow_scopes_but_not_widen_them(backend: Backend) {
@@ -264,9 +264,9 @@ async fn a_reused_refresh_token_within_the_grace_window_gets_a_valid_pair(backen
     let (app, _db) = spawn_app(backend).await;
     app.add_user("alice", "pw", &["read"]).await;
     let first = app.login("alice", "pw").await.unwrap();
-    let _lost_response = refresh(&app, &first.refresh_token).await.unwrap();
+    let _lost_response = app.refresh(&first.refresh_token).await.unwrap();
     app.clock.advance(Duration::from_secs(9)); // default grace is 10 s
-    let retried = refresh(&app, &first.refresh_token).await.unwrap();
+    let retried = app.refresh(&first.refresh_token).await.unwrap();
     let bearer = app.introspector_token().await;
     assert!(
         app.introspect_with(&bearer, &retried.access_token)
@@ -274,23 +274,20 @@ async fn a_reused_refresh_token_within_the_grace_window_gets_a_valid_pair(backen
             .unwrap()
             .active
     );
-    assert!(refresh(&app, &retried.refresh_token).await.is_ok());
+    assert!(app.refresh(&retried.refresh_token).await.is_ok());
 }
 
 async fn a_reused_refresh_token_after_the_grace_window_revokes_the_session(backend: Backend) {
     let (app, _db) = spawn_app(backend).await;
     app.add_user("alice", "pw", &["read"]).await;
     let first = app.login("alice", "pw").await.unwrap();
-    let second = refresh(&app, &first.refresh_token).await.unwrap();
+    let second = app.refresh(&first.refresh_token).await.unwrap();
     app.clock.advance(Duration::from_secs(11));
-    let replay = refresh(&app, &first.refresh_token).await.unwrap_err();
+    let replay = app.refresh(&first.refresh_token).await.unwrap_err();
     assert_eq!(replay.code(), Code::Unauthenticated);
     // The legitimate holder's tokens die with the session.
     assert_eq!(
-        refresh(&app, &second.refresh_token)
-            .await
-            .unwrap_err()
-            .code(),
+        app.refresh(&second.refresh_token).await.unwrap_err().code(),
         Code::Unauthenticated
     );
     let bearer = app.introspector_token().await;
@@ -344,10 +341,10 @@ async fn concurrent_refreshes_of_one_token_never_fail_internally(backend: Backen
     // Once the window has passed, replaying the spent token ends the session,
     // so none of the successors outlives the theft signal.
     app.clock.advance(Duration::from_secs(11));
-    assert!(refresh(&app, &first.refresh_token).await.is_err());
+    assert!(app.refresh(&first.refresh_token).await.is_err());
     for successor in &successors {
         assert_eq!(
-            refresh(&app, &successor.refresh_token)
+            app.refresh(&successor.refresh_token)
                 .await
                 .unwrap_err()
                 .code(),
@@ -362,10 +359,7 @@ async fn an_expired_refresh_token_is_rejected(backend: Backend) {
     let first = app.login("alice", "pw").await.unwrap();
     app.clock.advance(Duration::from_secs(30 * 24 * 3600 + 1));
     assert_eq!(
-        refresh(&app, &first.refresh_token)
-            .await
-            .unwrap_err()
-            .code(),
+        app.refresh(&first.refresh_token).await.unwrap_err().code(),
         Code::Unauthenticated
     );
 }
@@ -374,8 +368,8 @@ async fn revoking_an_access_token_revokes_only_that_token(backend: Backend) {
     let (app, _db) = spawn_app(backend).await;
     app.add_user("alice", "pw", &["read"]).await;
     let first = app.login("alice", "pw").await.unwrap();
-    let second = refresh(&app, &first.refresh_token).await.unwrap();
-    revoke(&app, &first.access_token).await.unwrap();
+    let second = app.refresh(&first.refresh_token).await.unwrap();
+    app.revoke(&first.access_token).await.unwrap();
     let bearer = app.introspector_token().await;
     let revoked = app
         .introspect_with(&bearer, &first.access_token)
@@ -392,15 +386,15 @@ async fn revoking_an_access_token_revokes_only_that_token(backend: Backend) {
             .unwrap()
             .active
     );
-    assert!(refresh(&app, &second.refresh_token).await.is_ok());
+    assert!(app.refresh(&second.refresh_token).await.is_ok());
 }
 
 async fn revoking_a_refresh_token_revokes_its_session_and_its_access_tokens(backend: Backend) {
     let (app, _db) = spawn_app(backend).await;
     app.add_user("alice", "pw", &["read"]).await;
     let first = app.login("alice", "pw").await.unwrap();
-    let second = refresh(&app, &first.refresh_token).await.unwrap();
-    revoke(&app, &second.refresh_token).await.unwrap();
+    let second = app.refresh(&first.refresh_token).await.unwrap();
+    app.revoke(&second.refresh_token).await.unwrap();
     let bearer = app.introspector_token().await;
     for token in [
         &first.access_token,
@@ -410,14 +404,11 @@ async fn revoking_a_refresh_token_revokes_its_session_and_its_access_tokens(back
         assert!(!app.introspect_with(&bearer, token).await.unwrap().active);
     }
     assert_eq!(
-        refresh(&app, &second.refresh_token)
-            .await
-            .unwrap_err()
-            .code(),
+        app.refresh(&second.refresh_token).await.unwrap_err().code(),
         Code::Unauthenticated
     );
     // Revoking again is still OK.
-    revoke(&app, &second.refresh_token).await.unwrap();
+    app.revoke(&second.refresh_token).await.unwrap();
 }
 
 async fn revoking_unknown_or_malformed_tokens_is_ok(backend: Backend) {
@@ -428,7 +419,7 @@ async fn revoking_unknown_or_malformed_tokens_is_ok(backend: Backend) {
         "a.b.c",
         "eyJhbGciOiJub25lIn0.e30.",
     ] {
-        revoke(&app, token)
+        app.revoke(token)
             .await
             .unwrap_or_else(|s| panic!("{token}: {s:?}"));
     }
@@ -437,11 +428,11 @@ async fn revoking_unknown_or_malformed_tokens_is_ok(backend: Backend) {
 async fn revoke_rejects_empty_and_oversized_tokens(backend: Backend) {
     let (app, _db) = spawn_app(backend).await;
     assert_eq!(
-        revoke(&app, "").await.unwrap_err().code(),
+        app.revoke("").await.unwrap_err().code(),
         Code::InvalidArgument
     );
     assert_eq!(
-        revoke(&app, &"a".repeat(8 * 1024 + 1))
+        app.revoke(&"a".repeat(8 * 1024 + 1))
             .await
             .unwrap_err()
             .code(),
@@ -474,7 +465,7 @@ async fn introspect_requires_a_bearer_token_with_the_introspect_scope(backend: B
         .unwrap_err();
     assert_eq!(without_scope.code(), Code::PermissionDenied);
     let bearer = app.introspector_token().await;
-    revoke(&app, &bearer).await.unwrap();
+    app.revoke(&bearer).await.unwrap();
     let revoked_bearer = app.introspect_with(&bearer, &user_token).await.unwrap_err();
     assert_eq!(revoked_bearer.code(), Code::Unauthenticated);
 }
@@ -492,7 +483,7 @@ async fn introspect_reports_an_active_refresh_token_and_not_a_spent_one(backend:
     assert_eq!(info.token_type, "refresh_token");
     assert_eq!(info.username, "alice");
     assert_eq!(info.sub, sub);
-    refresh(&app, &first.refresh_token).await.unwrap();
+    app.refresh(&first.refresh_token).await.unwrap();
     assert!(
         !app.introspect_with(&bearer, &first.refresh_token)
             .await
@@ -545,10 +536,7 @@ async fn disabling_a_user_revokes_their_tokens_and_blocks_login(backend: Backend
             .active
     );
     assert_eq!(
-        refresh(&app, &alice.refresh_token)
-            .await
-            .unwrap_err()
-            .code(),
+        app.refresh(&alice.refresh_token).await.unwrap_err().code(),
         Code::Unauthenticated
     );
     assert_eq!(
@@ -584,29 +572,4 @@ async fn jwks_verifies_access_tokens_with_a_standard_jwt_library(backend: Backen
     )
     .unwrap();
     assert_eq!(decoded.claims["scope"], "read");
-}
-
-async fn refresh(
-    app: &tessera_tests::TestApp,
-    token: &str,
-) -> Result<tessera::pb::RefreshResponse, tonic::Status> {
-    app.client
-        .clone()
-        .refresh(RefreshRequest {
-            refresh_token: token.into(),
-            scopes: Vec::new(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn revoke(app: &tessera_tests::TestApp, token: &str) -> Result<(), tonic::Status> {
-    app.client
-        .clone()
-        .revoke(RevokeRequest {
-            token: token.into(),
-            token_type_hint: 0,
-        })
-        .await
-        .map(|_| ())
 }

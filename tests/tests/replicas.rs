@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tessera::pb::{GetJwksRequest, RevokeRequest};
+use tessera::pb::GetJwksRequest;
 use tessera_server::{clock::Clock, keys::SigningAlg};
 use tessera_tests::{Backend, TestDatabase, eventually, spawn_app_on};
 use tonic::Code;
@@ -35,14 +35,7 @@ async fn a_revocation_on_one_replica_is_in_force_on_another_within_a_second() {
             .active
     );
 
-    a.client
-        .clone()
-        .revoke(RevokeRequest {
-            token: tokens.access_token.clone(),
-            token_type_hint: 0,
-        })
-        .await
-        .unwrap();
+    a.revoke(&tokens.access_token).await.unwrap();
     let took = eventually(Duration::from_secs(1), || async {
         !b.introspect_with(&bearer, &tokens.access_token)
             .await
@@ -70,14 +63,7 @@ async fn a_missed_notification_is_caught_by_the_poll() {
         .execute(&mut conn)
         .await
         .unwrap();
-    a.client
-        .clone()
-        .revoke(RevokeRequest {
-            token: tokens.refresh_token.clone(),
-            token_type_hint: 0,
-        })
-        .await
-        .unwrap();
+    a.revoke(&tokens.refresh_token).await.unwrap();
     let took = eventually(Duration::from_secs(3), || async {
         !b.introspect_with(&bearer, &tokens.access_token)
             .await

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use tessera::pb::{RefreshRequest, RevokeRequest};
 use tessera_tests::{Backend, on_both_backends, spawn_app, spawn_app_on};
 use tonic::Code;
 
@@ -13,35 +12,10 @@ async fn a_restart_keeps_spent_and_revoked_tokens_dead(backend: Backend) {
     let (before, db) = spawn_app(backend).await;
     before.add_user("alice", "pw", &["read"]).await;
     let first = before.login("alice", "pw").await.unwrap();
-    let rotated = before
-        .client
-        .clone()
-        .refresh(RefreshRequest {
-            refresh_token: first.refresh_token.clone(),
-            scopes: Vec::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    before
-        .client
-        .clone()
-        .revoke(RevokeRequest {
-            token: rotated.access_token.clone(),
-            token_type_hint: 0,
-        })
-        .await
-        .unwrap();
+    let rotated = before.refresh(&first.refresh_token).await.unwrap();
+    before.revoke(&rotated.access_token).await.unwrap();
     let other_session = before.login("alice", "pw").await.unwrap();
-    before
-        .client
-        .clone()
-        .revoke(RevokeRequest {
-            token: other_session.refresh_token.clone(),
-            token_type_hint: 0,
-        })
-        .await
-        .unwrap();
+    before.revoke(&other_session.refresh_token).await.unwrap();
     before.stop().await;
 
     let after = spawn_app_on(&db, &[]).await;
@@ -71,23 +45,10 @@ async fn a_restart_keeps_spent_and_revoked_tokens_dead(backend: Backend) {
     );
     // The spent refresh token is still spent: past the grace window it is theft.
     after.clock.advance(Duration::from_secs(11));
-    let replay = after
-        .client
-        .clone()
-        .refresh(RefreshRequest {
-            refresh_token: first.refresh_token.clone(),
-            scopes: Vec::new(),
-        })
-        .await
-        .unwrap_err();
+    let replay = after.refresh(&first.refresh_token).await.unwrap_err();
     assert_eq!(replay.code(), Code::Unauthenticated);
     let revoked_session = after
-        .client
-        .clone()
-        .refresh(RefreshRequest {
-            refresh_token: other_session.refresh_token.clone(),
-            scopes: Vec::new(),
-        })
+        .refresh(&other_session.refresh_token)
         .await
         .unwrap_err();
     assert_eq!(revoked_session.code(), Code::Unauthenticated);
