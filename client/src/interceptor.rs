@@ -1,0 +1,137 @@
+//! Attaching tokens to outgoing calls: [`AuthInterceptor`] for tonic's
+//! synchronous interceptor slot (never waits), and [`AuthLayer`] for a
+//! channel that should wait for the first token instead of failing.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use tonic::{Request, Status, service::Interceptor, transport::Endpoint};
+use tower::{Layer, Service};
+
+use crate::{
+    source::{SourceError, TokenSource},
+    transport::{self, Plaintext, PlaintextRefused},
+};
+
+/// A `tonic` interceptor adding `authorization: Bearer ...` from a
+/// [`TokenSource`]. It only reads the latest published token: it never
+/// blocks or awaits, and answers UNAVAILABLE locally when there is no usable
+/// token yet.
+#[derive(Clone)]
+pub struct AuthInterceptor {
+    /// Keeps the source (and its refresher) alive as long as any channel uses it.
+    source: TokenSource,
+}
+
+impl AuthInterceptor {
+    /// An interceptor for calls to `endpoint`, refused when that would send
+    /// the token in plaintext against `policy`.
+    pub fn new(
+        source: &TokenSource,
+        endpoint: &Endpoint,
+        policy: Plaintext,
+    ) -> Result<Self, PlaintextRefused> {
+        transport::check(endpoint, policy)?;
+        Ok(Self {
+            source: source.clone(),
+        })
+    }
+}
+
+impl Interceptor for AuthInterceptor {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        match self.source.current() {
+            Some(token) => {
+                request
+                    .metadata_mut()
+                    .insert("authorization", token.header().clone());
+                Ok(request)
+            }
+            None => Err(Status::unavailable(
+                "no access token yet from the token service",
+            )),
+        }
+    }
+}
+
+/// A tower layer that awaits a usable token before each call (so a service
+/// can start before the token service) and attaches it.
+#[derive(Clone)]
+pub struct AuthLayer {
+    source: TokenSource,
+}
+
+impl AuthLayer {
+    /// A layer for a channel to `endpoint`, refused when that would send the
+    /// token in plaintext against `policy`.
+    pub fn new(
+        source: TokenSource,
+        endpoint: &Endpoint,
+        policy: Plaintext,
+    ) -> Result<Self, PlaintextRefused> {
+        transport::check(endpoint, policy)?;
+        Ok(Self { source })
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            source: self.source.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] makes.
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    source: TokenSource,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, B> Service<http::Request<B>> for AuthService<S>
+where
+    S: Service<http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The clone is not the instance that was polled ready; swap so the
+        // ready one serves this call (the usual tower pattern).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let source = self.source.clone();
+        Box::pin(async move {
+            let token = match source.current() {
+                Some(token) => token,
+                None => source
+                    .token()
+                    .await
+                    .map_err(|e: SourceError| Box::new(e) as BoxError)?,
+            };
+            let mut value = http::HeaderValue::from_bytes(token.header().as_bytes())?;
+            value.set_sensitive(true);
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, value);
+            inner.call(request).await.map_err(Into::into)
+        })
+    }
+}

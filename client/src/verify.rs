@@ -1,0 +1,93 @@
+//! Checking incoming bearer tokens in a service that receives calls:
+//! through Tessera's `Introspect` ([`IntrospectionVerifier`], sees
+//! revocations within a budget) or locally through the JWKS
+//! ([`JwksVerifier`], no call per token, sees no revocations), and a tower
+//! layer ([`VerifyLayer`]) that enforces scopes per gRPC method.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use async_trait::async_trait;
+
+mod introspect;
+mod jwks;
+mod layer;
+
+pub use introspect::{IntrospectionConfig, IntrospectionVerifier};
+pub use jwks::{JwksConfig, JwksVerifier};
+pub use layer::{ScopeRules, VerifyLayer, VerifyService};
+
+/// Longest token accepted, before any work: as on the server.
+pub(crate) const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// What a verified token says, put into request extensions for handlers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedClaims {
+    /// Subject: a user's stable id or a client id.
+    pub sub: String,
+    /// The client the token was issued to.
+    pub client_id: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Audiences.
+    pub aud: Vec<String>,
+    /// Issuer.
+    pub iss: String,
+    /// Expiry (Unix seconds).
+    pub exp: i64,
+    /// Token id.
+    pub jti: String,
+    /// Session id.
+    pub sid: String,
+}
+
+impl VerifiedClaims {
+    /// True when the token carries `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+/// Why a token was not accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VerifyError {
+    /// Invalid, expired, revoked or unknown.
+    #[error("token is not active")]
+    Inactive,
+    /// The token could not be checked (the token service is unreachable).
+    #[error("token could not be verified: {0}")]
+    Unavailable(String),
+}
+
+/// Something that can check a bearer token.
+#[async_trait]
+pub trait Verifier: Send + Sync + 'static {
+    /// The token's claims if it is active.
+    async fn verify(&self, token: &str) -> Result<Arc<VerifiedClaims>, VerifyError>;
+}
+
+/// Counters kept by a verifier.
+#[derive(Debug, Default)]
+pub struct VerifyMetrics {
+    /// Answers served from the cache.
+    pub cache_hits: AtomicU64,
+    /// Lookups that reached the token service (or fetched keys).
+    pub lookups: AtomicU64,
+    /// Tokens found inactive.
+    pub inactive: AtomicU64,
+    /// Checks that failed for want of the token service.
+    pub unavailable: AtomicU64,
+}
+
+impl VerifyMetrics {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A counter's value.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,222 @@
+//! Verification through Tessera's `Introspect`, with a short cache.
+//!
+//! Answers are cached by SHA-256 of the token (the token itself is never a
+//! key in memory longer than the call), for no longer than the token's
+//! expiry nor the revocation budget: a revoked token is refused at most
+//! `revocation_budget` after the revocation. Negative answers are cached only
+//! briefly, failures not at all. Concurrent lookups of one token share one
+//! call.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use aws_lc_rs::digest;
+use tessera::pb::{IntrospectRequest, token_service_client::TokenServiceClient};
+use tokio::{sync::OnceCell, time::Instant};
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
+use tracing::Instrument;
+
+use super::{MAX_TOKEN_BYTES, VerifiedClaims, Verifier, VerifyError, VerifyMetrics};
+use crate::interceptor::AuthInterceptor;
+
+/// Cache bounds for [`IntrospectionVerifier`].
+#[derive(Debug, Clone)]
+pub struct IntrospectionConfig {
+    /// Longest a positive answer is reused: how late a revocation may be noticed.
+    pub revocation_budget: Duration,
+    /// How long a negative answer is reused.
+    pub negative_ttl: Duration,
+    /// Most cached answers.
+    pub max_entries: usize,
+    /// Deadline of each Introspect call.
+    pub rpc_timeout: Duration,
+}
+
+impl Default for IntrospectionConfig {
+    fn default() -> Self {
+        Self {
+            revocation_budget: Duration::from_secs(5),
+            negative_ttl: Duration::from_secs(1),
+            max_entries: 100_000,
+            rpc_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+type Key = [u8; 32];
+type Answer = Result<Arc<VerifiedClaims>, VerifyError>;
+
+struct Entry {
+    answer: Answer,
+    until: Instant,
+}
+
+/// Checks tokens by calling `Introspect`, authenticated by the service's own
+/// token (an [`AuthInterceptor`] on the channel).
+pub struct IntrospectionVerifier {
+    client: TokenServiceClient<InterceptedService<Channel, AuthInterceptor>>,
+    config: IntrospectionConfig,
+    cache: Mutex<HashMap<Key, Entry>>,
+    inflight: Mutex<HashMap<Key, Arc<OnceCell<Answer>>>>,
+    metrics: VerifyMetrics,
+}
+
+impl IntrospectionVerifier {
+    /// A verifier calling Tessera over `channel` with `auth` attaching the
+    /// caller's own token (which needs the `tessera:introspect` scope).
+    pub fn new(channel: Channel, auth: AuthInterceptor, config: IntrospectionConfig) -> Self {
+        Self {
+            client: TokenServiceClient::with_interceptor(channel, auth),
+            config,
+            cache: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+            metrics: VerifyMetrics::default(),
+        }
+    }
+
+    /// The verifier's counters.
+    pub fn metrics(&self) -> &VerifyMetrics {
+        &self.metrics
+    }
+
+    fn cached(&self, key: &Key) -> Option<Answer> {
+        let cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache
+            .get(key)
+            .filter(|e| Instant::now() < e.until)
+            .map(|e| e.answer.clone())
+    }
+
+    fn remember(&self, key: Key, answer: &Answer) {
+        let until = match answer {
+            Ok(claims) => {
+                Instant::now() + self.config.revocation_budget.min(until_expiry(claims.exp))
+            }
+            Err(VerifyError::Inactive) => Instant::now() + self.config.negative_ttl,
+            Err(VerifyError::Unavailable(_)) => return,
+        };
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= self.config.max_entries {
+            let now = Instant::now();
+            cache.retain(|_, e| now < e.until);
+            if cache.len() >= self.config.max_entries {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            key,
+            Entry {
+                answer: answer.clone(),
+                until,
+            },
+        );
+    }
+
+    async fn introspect(&self, token: &str) -> Answer {
+        VerifyMetrics::bump(&self.metrics.lookups);
+        let request = IntrospectRequest {
+            token: token.to_owned(),
+            token_type_hint: 1,
+        };
+        let mut client = self.client.clone();
+        let response =
+            match tokio::time::timeout(self.config.rpc_timeout, client.introspect(request)).await {
+                Ok(Ok(response)) => response.into_inner(),
+                Ok(Err(status)) => {
+                    return Err(VerifyError::Unavailable(format!(
+                        "{:?}: {}",
+                        status.code(),
+                        status.message()
+                    )));
+                }
+                Err(_) => return Err(VerifyError::Unavailable("introspection timed out".into())),
+            };
+        if !response.active || response.token_type != "access_token" {
+            return Err(VerifyError::Inactive);
+        }
+        Ok(Arc::new(VerifiedClaims {
+            sub: response.sub,
+            client_id: response.client_id,
+            scopes: response.scopes,
+            aud: response.aud,
+            iss: response.iss,
+            exp: response.exp,
+            jti: response.jti,
+            sid: response.sid,
+        }))
+    }
+}
+
+#[async_trait]
+impl Verifier for IntrospectionVerifier {
+    async fn verify(&self, token: &str) -> Result<Arc<VerifiedClaims>, VerifyError> {
+        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+            return Err(VerifyError::Inactive);
+        }
+        let key = hash(token);
+        let answer = match self.cached(&key) {
+            Some(answer) => {
+                VerifyMetrics::bump(&self.metrics.cache_hits);
+                answer
+            }
+            None => {
+                let cell = Arc::clone(
+                    self.inflight
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .entry(key)
+                        .or_default(),
+                );
+                let span = tracing::debug_span!("tessera.verify", via = "introspect");
+                let answer = cell
+                    .get_or_init(|| async {
+                        let answer = self.introspect(token).await;
+                        self.remember(key, &answer);
+                        answer
+                    })
+                    .instrument(span)
+                    .await
+                    .clone();
+                let mut inflight = self
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                    inflight.remove(&key);
+                }
+                answer
+            }
+        };
+        match &answer {
+            Err(VerifyError::Inactive) => VerifyMetrics::bump(&self.metrics.inactive),
+            Err(VerifyError::Unavailable(_)) => VerifyMetrics::bump(&self.metrics.unavailable),
+            Ok(_) => {}
+        }
+        answer
+    }
+}
+
+fn hash(token: &str) -> Key {
+    let mut key = [0u8; 32];
+    key.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
+    key
+}
+
+/// Time left until a Unix-seconds expiry, by the local wall clock.
+fn until_expiry(exp: i64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    Duration::from_secs(u64::try_from(exp).unwrap_or(0).saturating_sub(now))
+}
