@@ -200,6 +200,34 @@ pub struct SettingsError {
     reason: String,
 }
 
+/// Only the shared options, for building settings without a command.
+#[derive(clap::Parser)]
+struct OptionsOnly {
+    #[command(flatten)]
+    options: Options,
+}
+
+impl Settings {
+    /// The settings `tessera serve` would use (defaults, then `TESSERA_*`
+    /// variables) with the embedded database in `data_dir` and an ephemeral
+    /// port on 127.0.0.1: for examples and embedding.
+    pub fn embedded(data_dir: &std::path::Path) -> Result<Self, SettingsError> {
+        let args = [
+            "tessera".as_ref(),
+            "--listen-addr".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+        ];
+        let parsed =
+            <OptionsOnly as clap::Parser>::try_parse_from(args).map_err(|e| SettingsError {
+                name: "arguments",
+                reason: e.to_string(),
+            })?;
+        parsed.options.settings()
+    }
+}
+
 impl Options {
     /// Validates the options into [`Settings`].
     pub fn settings(&self) -> Result<Settings, SettingsError> {
