@@ -218,9 +218,14 @@ async fn keys(
             // Loading first proves this key-encryption key opens the existing
             // keys, so the new key is sealed under the one replicas use.
             let ring = KeyRing::load(&*store, kek, settings.signing_alg, retention, now).await?;
-            let activates_at = now.plus(activate_in);
-            let kid =
-                keys::add_key(&*store, ring.kek(), settings.signing_alg, now, activates_at).await?;
+            let (kid, activates_at) = keys::add_key(
+                &*store,
+                ring.kek(),
+                settings.signing_alg,
+                now,
+                now.plus(activate_in),
+            )
+            .await?;
             println!(
                 "added {} key {kid}: published now, signing from {}",
                 settings.signing_alg,

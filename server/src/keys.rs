@@ -137,7 +137,7 @@ impl KeyRing {
         };
         ring.reload(store, now).await?;
         if ring.signer(now).is_none() {
-            let kid = add_key(store, &ring.kek, alg, now, now).await?;
+            let (kid, _) = add_key(store, &ring.kek, alg, now, now).await?;
             tracing::info!(%kid, %alg, "generated the first signing key");
             ring.reload(store, now).await?;
         }
@@ -224,14 +224,27 @@ impl KeyRing {
     }
 }
 
-/// Generates, seals and stores a new key that signs from `activates_at`.
+/// Generates, seals and stores a new key that signs from `activates_at`, or
+/// from one second after the latest activation if that is later: keys are
+/// ordered by activation time, so a tie (a rotation in the same second as the
+/// previous one) would leave which key signs to chance. Returns the key id
+/// and its activation time.
 pub async fn add_key(
     store: &dyn Store,
     kek: &Kek,
     alg: SigningAlg,
     now: UnixTime,
     activates_at: UnixTime,
-) -> Result<String, KeyError> {
+) -> Result<(String, UnixTime), KeyError> {
+    let latest = store
+        .signing_keys()
+        .await?
+        .iter()
+        .map(|k| k.activates_at)
+        .max();
+    let activates_at = latest.map_or(activates_at, |l| {
+        activates_at.max(l.plus(Duration::from_secs(1)))
+    });
     let kid = random_id();
     let generated = material::generate(alg, &kid)?;
     store
@@ -244,7 +257,7 @@ pub async fn add_key(
             activates_at,
         })
         .await?;
-    Ok(kid)
+    Ok((kid, activates_at))
 }
 
 #[cfg(test)]

@@ -293,6 +293,17 @@ impl TestApp {
             .map(|_| ())
     }
 
+    /// The JWK Set JSON from GetJwks.
+    pub async fn jwks(&self) -> String {
+        self.client
+            .clone()
+            .get_jwks(tessera::pb::GetJwksRequest {})
+            .await
+            .expect("GetJwks")
+            .into_inner()
+            .jwks_json
+    }
+
     /// A bearer token allowed to introspect, from a new client.
     pub async fn introspector_token(&self) -> String {
         let id = format!(

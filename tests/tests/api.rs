@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tessera::pb::{GetJwksRequest, RefreshRequest};
+use tessera::pb::RefreshRequest;
 use tessera_tests::{Backend, client_grant, on_both_backends, password_grant, spawn_app};
 use tonic::Code;
 
@@ -549,14 +549,7 @@ async fn jwks_verifies_access_tokens_with_a_standard_jwt_library(backend: Backen
     let (app, _db) = spawn_app(backend).await;
     app.add_user("alice", "pw", &["read"]).await;
     let token = app.login("alice", "pw").await.unwrap().access_token;
-    let jwks = app
-        .client
-        .clone()
-        .get_jwks(GetJwksRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .jwks_json;
+    let jwks = app.jwks().await;
     let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&jwks).unwrap();
     let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
     let jwk = set.find(&kid).expect("the signing key is published");

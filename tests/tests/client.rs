@@ -385,7 +385,7 @@ async fn the_jwks_verifier_checks_audience_and_refetches_for_a_new_key() {
     // A key that signs at once: tokens with an unknown kid make the verifier refetch.
     let kek = tessera_server::keys::Kek::from_base64(&db.kek).unwrap();
     let now = app.clock.now();
-    let kid = tessera_server::keys::add_key(
+    let (kid, _) = tessera_server::keys::add_key(
         &*app.store,
         &kek,
         tessera_server::keys::SigningAlg::Es256,
@@ -394,6 +394,8 @@ async fn the_jwks_verifier_checks_audience_and_refetches_for_a_new_key() {
     )
     .await
     .unwrap();
+    // It activates a second after the first key (see add_key).
+    app.clock.advance(Duration::from_secs(1));
     let signed_by_new = eventually(Duration::from_secs(2), || async {
         let token = app.login("alice", "pw").await.unwrap().access_token;
         jsonwebtoken::decode_header(&token).unwrap().kid.as_deref() == Some(kid.as_str())

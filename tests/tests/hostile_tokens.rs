@@ -82,16 +82,7 @@ async fn forged_and_mangled_tokens_are_inactive() {
 
     // Key confusion: HS256 keyed with the public key, in the forms an
     // attacker could take from the JWKS.
-    let jwks: Value = serde_json::from_str(
-        &app.client
-            .clone()
-            .get_jwks(tessera::pb::GetJwksRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .jwks_json,
-    )
-    .unwrap();
+    let jwks: Value = serde_json::from_str(&app.jwks().await).unwrap();
     let jwk = &jwks["keys"][0];
     let mut point = vec![4u8];
     point.extend(URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap());

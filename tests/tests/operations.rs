@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use tessera::pb::GetJwksRequest;
 use tessera_server::{
     clock::Clock,
     keys::{Kek, SigningAlg, add_key},
@@ -131,19 +130,11 @@ async fn a_rotated_key_signs_after_activation_and_the_old_key_is_dropped_when_it
         .unwrap()
         .kid
         .unwrap();
-    let jwks = || async {
-        app.client
-            .clone()
-            .get_jwks(GetJwksRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .jwks_json
-    };
+    let jwks = || async { app.jwks().await };
 
     let now = app.clock.now();
     let kek = Kek::from_base64(&db.kek).unwrap();
-    let new_kid = add_key(
+    let (new_kid, _) = add_key(
         &*app.store,
         &kek,
         SigningAlg::EdDsa,

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use tessera::pb::GetJwksRequest;
 use tessera_server::{clock::Clock, keys::SigningAlg};
 use tessera_tests::{Backend, TestDatabase, eventually, spawn_app_on};
 use tonic::Code;
@@ -83,7 +82,7 @@ async fn a_rotated_key_is_published_by_every_replica_before_it_signs() {
     let kek = tessera_server::keys::Kek::from_base64(&db.kek).unwrap();
     let now = a.clock.now();
     // Like `tessera keys rotate --activate-in 1h`.
-    let kid = tessera_server::keys::add_key(
+    let (kid, _) = tessera_server::keys::add_key(
         &*a.store,
         &kek,
         SigningAlg::Es256,
@@ -93,14 +92,7 @@ async fn a_rotated_key_is_published_by_every_replica_before_it_signs() {
     .await
     .unwrap();
     let published = eventually(Duration::from_secs(2), || async {
-        let jwks = b
-            .client
-            .clone()
-            .get_jwks(GetJwksRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .jwks_json;
+        let jwks = b.jwks().await;
         jwks.contains(&kid)
     })
     .await;

@@ -67,6 +67,15 @@ async fn session(store: &dyn Store, sid: &str, first: &str) {
         .unwrap();
 }
 
+/// The stored refresh token for `secret`, which must exist.
+async fn stored(store: &dyn Store, secret: &str) -> tessera_server::store::RefreshTokenRecord {
+    store
+        .find_refresh_token(&SecretHash::of(secret))
+        .await
+        .unwrap()
+        .expect("stored refresh token")
+}
+
 async fn a_taken_username_is_a_conflict(backend: Backend) {
     let (store, _db) = open(backend).await;
     store.insert_user(&user("alice"), t(1)).await.unwrap();
@@ -160,14 +169,7 @@ async fn no_token_is_added_to_a_revoked_session(backend: Backend) {
             .await
             .unwrap()
     );
-    assert!(
-        store
-            .find_refresh_token(&SecretHash::of("rt-1"))
-            .await
-            .unwrap()
-            .unwrap()
-            .session_revoked
-    );
+    assert!(stored(&*store, "rt-1").await.session_revoked);
     let log = store.revocations_after(0, t(301), 10).await.unwrap();
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].1, entry);
@@ -189,14 +191,7 @@ async fn disabling_a_user_revokes_their_sessions_and_logs_the_subject(backend: B
             .unwrap()
             .disabled
     );
-    assert!(
-        store
-            .find_refresh_token(&SecretHash::of("rt-1"))
-            .await
-            .unwrap()
-            .unwrap()
-            .session_revoked
-    );
+    assert!(stored(&*store, "rt-1").await.session_revoked);
     let log = store.revocations_after(0, t(401), 10).await.unwrap();
     assert_eq!(log[0].1.kind, RevocationKind::Subject);
     assert_eq!(log[0].1.value, "id-alice");
