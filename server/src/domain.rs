@@ -2,7 +2,11 @@
 //! introspect tokens, over a [`Store`], a [`KeyRing`], the in-memory
 //! [`RevocationState`] and an injected [`Clock`].
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use secrecy::{ExposeSecret, SecretString};
 use tracing::instrument;
@@ -39,6 +43,9 @@ pub const INTROSPECT_SCOPE: &str = "tessera:introspect";
 /// Revocation entries for sessions and subjects outlive the last access token
 /// they could deny by this much, covering a token minted in the same instant.
 const REVOCATION_SLACK: Duration = Duration::from_secs(60);
+
+/// Bound on cached Introspect bearers (one per calling service instance, in practice).
+const MAX_CACHED_BEARERS: usize = 4096;
 
 /// A request field that failed validation; the text is safe to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -206,7 +213,15 @@ pub struct Authority {
     policy: Policy,
     /// Derived from `policy` once, not per request.
     rules: VerifyRules,
+    /// Claims of Introspect callers' bearer tokens whose signature was
+    /// already checked: a microservice presents the same bearer on every
+    /// call, and a signature check costs far more than the rest of the call.
+    verified_bearers: Mutex<HashMap<String, Arc<AccessClaims>>>,
 }
+
+/// Proof that an Introspect caller was authorized; [`Authority::introspect`] takes it.
+#[derive(Debug)]
+pub struct IntrospectionGrant(());
 
 impl Authority {
     /// Wires the parts together.
@@ -227,6 +242,7 @@ impl Authority {
             clock,
             policy,
             rules,
+            verified_bearers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -407,15 +423,34 @@ impl Authority {
     }
 
     /// Checks the bearer token of an Introspect call: active, and carrying
-    /// [`INTROSPECT_SCOPE`].
-    pub fn authorize_introspection(&self, bearer: Option<&str>) -> Result<(), AuthError> {
-        self.ensure_fresh()?;
+    /// [`INTROSPECT_SCOPE`]. The grant it returns is what [`Self::introspect`]
+    /// needs, so no caller can skip this step.
+    pub fn authorize_introspection(
+        &self,
+        bearer: Option<&str>,
+    ) -> Result<IntrospectionGrant, AuthError> {
+        if !self.revocations.is_fresh() {
+            return Err(AuthError::Stale);
+        }
         let token = bearer.ok_or(AuthError::MissingBearer)?;
-        let claims = self
-            .active_access_token(token)
-            .ok_or(AuthError::InvalidBearer)?;
+        let now = self.clock.now();
+        let claims = match self.verified_bearer(token, now) {
+            Some(claims) => claims,
+            None => {
+                let claims = Arc::new(
+                    self.verify_access_token(token, now)
+                        .ok_or(AuthError::InvalidBearer)?,
+                );
+                self.remember_bearer(token, &claims);
+                claims
+            }
+        };
+        // Revocation and scope are checked on every call, cached or not.
+        if self.revocations.is_revoked(facts(&claims)) {
+            return Err(AuthError::InvalidBearer);
+        }
         if claims.scope.split(' ').any(|s| s == INTROSPECT_SCOPE) {
-            Ok(())
+            Ok(IntrospectionGrant(()))
         } else {
             Err(AuthError::InsufficientScope)
         }
@@ -423,8 +458,11 @@ impl Authority {
 
     /// RFC 7662 introspection. Access tokens are answered from memory alone;
     /// refresh tokens (opaque) are looked up.
-    pub async fn introspect(&self, token: &str) -> Result<Introspection, AuthError> {
-        self.ensure_fresh()?;
+    pub async fn introspect(
+        &self,
+        _: IntrospectionGrant,
+        token: &str,
+    ) -> Result<Introspection, AuthError> {
         if secrets::looks_like_refresh_token(token) {
             let now = self.clock.now();
             let record = self
@@ -446,6 +484,27 @@ impl Authority {
             .map_or(Introspection::Inactive, Introspection::Access))
     }
 
+    /// The cached claims of a bearer token already verified, unless expired.
+    fn verified_bearer(&self, token: &str, now: UnixTime) -> Option<Arc<AccessClaims>> {
+        let cache = self
+            .verified_bearers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let claims = cache.get(token)?;
+        (claims.exp > now.minus(self.policy.leeway).as_secs()).then(|| Arc::clone(claims))
+    }
+
+    fn remember_bearer(&self, token: &str, claims: &Arc<AccessClaims>) {
+        let mut cache = self
+            .verified_bearers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= MAX_CACHED_BEARERS {
+            cache.clear();
+        }
+        cache.insert(token.to_owned(), Arc::clone(claims));
+    }
+
     /// The public signing keys.
     pub fn jwks_json(&self) -> String {
         self.keys.jwks_json()
@@ -457,21 +516,17 @@ impl Authority {
         self.revocations.is_fresh() && self.keys.is_ready(self.clock.now())
     }
 
-    fn ensure_fresh(&self) -> Result<(), AuthError> {
-        if self.revocations.is_fresh() {
-            Ok(())
-        } else {
-            Err(AuthError::Stale)
-        }
+    fn active_access_token(&self, token: &str) -> Option<AccessClaims> {
+        let claims = self.verify_access_token(token, self.clock.now())?;
+        (!self.revocations.is_revoked(facts(&claims))).then_some(claims)
     }
 
-    fn active_access_token(&self, token: &str) -> Option<AccessClaims> {
-        let claims = self
-            .keys
-            .verify(token, &self.rules, self.clock.now())
+    /// Signature, form and time checks; not revocation.
+    fn verify_access_token(&self, token: &str, now: UnixTime) -> Option<AccessClaims> {
+        self.keys
+            .verify(token, &self.rules, now)
             .inspect_err(|reason| tracing::debug!(%reason, "token rejected"))
-            .ok()?;
-        (!self.revocations.is_revoked(facts(&claims))).then_some(claims)
+            .ok()
     }
 
     fn audience_for(

@@ -27,6 +27,7 @@ on_both_backends!(
     revoke_rejects_empty_and_oversized_tokens,
     introspect_requires_a_bearer_token_with_the_introspect_scope,
     introspect_reports_an_active_refresh_token_and_not_a_spent_one,
+    an_accepted_introspect_bearer_is_refused_once_revoked_or_expired,
     an_expired_access_token_is_inactive,
     disabling_a_user_revokes_their_tokens_and_blocks_login,
     jwks_verifies_access_tokens_with_a_standard_jwt_library,
@@ -468,6 +469,23 @@ async fn introspect_requires_a_bearer_token_with_the_introspect_scope(backend: B
     app.revoke(&bearer).await.unwrap();
     let revoked_bearer = app.introspect_with(&bearer, &user_token).await.unwrap_err();
     assert_eq!(revoked_bearer.code(), Code::Unauthenticated);
+}
+
+async fn an_accepted_introspect_bearer_is_refused_once_revoked_or_expired(backend: Backend) {
+    let (app, _db) = spawn_app(backend).await;
+    app.add_user("alice", "pw", &["read"]).await;
+    let token = app.login("alice", "pw").await.unwrap().access_token;
+    let revoked = app.introspector_token().await;
+    let expiring = app.introspector_token().await;
+    for bearer in [&revoked, &expiring] {
+        assert!(app.introspect_with(bearer, &token).await.unwrap().active);
+    }
+    app.revoke(&revoked).await.unwrap();
+    let refused = app.introspect_with(&revoked, &token).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    app.clock.advance(Duration::from_secs(600 + 6));
+    let refused = app.introspect_with(&expiring, &token).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
 }
 
 async fn introspect_reports_an_active_refresh_token_and_not_a_spent_one(backend: Backend) {

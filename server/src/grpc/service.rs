@@ -68,9 +68,9 @@ impl TokenService for TokenApi {
         request: Request<IntrospectRequest>,
     ) -> Result<Response<IntrospectResponse>, Status> {
         let bearer = bearer_token(request.metadata())?;
-        self.authority.authorize_introspection(bearer)?;
+        let grant = self.authority.authorize_introspection(bearer)?;
         let token = required_token(request.into_inner().token, "token")?;
-        let answer = self.authority.introspect(&token).await?;
+        let answer = self.authority.introspect(grant, &token).await?;
         Ok(Response::new(answer.into()))
     }
 
