@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::time::{MissedTickBehavior, interval};
+use tokio::time::{Instant, MissedTickBehavior, interval_at};
 
 use super::RevocationState;
 use crate::{
@@ -43,10 +43,10 @@ pub struct Follower {
 impl Follower {
     /// Runs until the task is aborted.
     pub async fn run(self) {
-        let mut poll = interval(self.settings.poll_interval);
-        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut key_refresh = interval(self.settings.key_refresh_interval);
-        key_refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The first ticks are one period out: start-up has just loaded keys
+        // and read the log.
+        let mut poll = every(self.settings.poll_interval);
+        let mut key_refresh = every(self.settings.key_refresh_interval);
         let mut feed: Option<Box<dyn ChangeFeed>> = None;
         // Whether the backend has a feed at all (SQLite does not).
         let mut feed_supported = true;
@@ -98,6 +98,12 @@ impl Follower {
             tracing::warn!(error = %e, "cannot reload signing keys");
         }
     }
+}
+
+fn every(period: Duration) -> tokio::time::Interval {
+    let mut ticks = interval_at(Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticks
 }
 
 /// The next change from the feed, or never when there is no feed.
