@@ -175,10 +175,9 @@ pub struct TokenSource {
 }
 
 struct Inner {
-    /// Shared with the refresher, so `invalidate()` can withdraw a rejected
-    /// token at once rather than when the refresher next runs.
+    /// The published token. Shared with the refresher, so `invalidate()` can
+    /// withdraw a rejected token at once rather than when the refresher next runs.
     publisher: Arc<watch::Sender<Option<AccessToken>>>,
-    tokens: watch::Receiver<Option<AccessToken>>,
     invalidate: Arc<Notify>,
     last_invalidate: Mutex<Option<Instant>>,
     invalidate_interval: Duration,
@@ -208,7 +207,7 @@ impl TokenSource {
     }
 
     fn new(channel: Channel, credentials: Credentials, config: SourceConfig) -> Self {
-        let (tx, rx) = watch::channel(None);
+        let (tx, _) = watch::channel(None);
         let tx = Arc::new(tx);
         let invalidate_interval = config.invalidate_interval;
         let invalidate = Arc::new(Notify::new());
@@ -230,7 +229,6 @@ impl TokenSource {
         Self {
             inner: Arc::new(Inner {
                 publisher: tx,
-                tokens: rx,
                 invalidate,
                 last_invalidate: Mutex::new(None),
                 invalidate_interval,
@@ -243,7 +241,7 @@ impl TokenSource {
     /// The current token if it is still usable; never waits.
     pub fn current(&self) -> Option<AccessToken> {
         self.inner
-            .tokens
+            .publisher
             .borrow()
             .as_ref()
             .filter(|t| t.is_usable())
@@ -253,7 +251,7 @@ impl TokenSource {
     /// A usable token, waiting for one if there is none yet (start-up, or
     /// after an outage longer than a token's life).
     pub async fn token(&self) -> Result<AccessToken, SourceError> {
-        let mut rx = self.inner.tokens.clone();
+        let mut rx = self.inner.publisher.subscribe();
         loop {
             if let Some(token) = rx.borrow_and_update().as_ref().filter(|t| t.is_usable()) {
                 return Ok(token.clone());

@@ -405,7 +405,7 @@ impl Authority {
             }
             return Ok(());
         }
-        let Ok(claims) = self.keys.verify(token, &self.rules, now) else {
+        let Some(claims) = self.verify_access_token(token, now) else {
             return Ok(());
         };
         if self.revocations.is_revoked(facts(&claims)) {

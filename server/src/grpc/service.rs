@@ -45,7 +45,7 @@ impl TokenService for TokenApi {
         request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
         let request = request.into_inner();
-        let token = required_token(request.refresh_token, "refresh_token")?;
+        let token = required_token(request.refresh_token, "refresh_token is required")?;
         let scopes = ScopeSet::parse_list(&request.scopes).map_err(AuthError::from)?;
         let tokens = self
             .authority
@@ -58,7 +58,7 @@ impl TokenService for TokenApi {
         &self,
         request: Request<RevokeRequest>,
     ) -> Result<Response<RevokeResponse>, Status> {
-        let token = required_token(request.into_inner().token, "token")?;
+        let token = required_token(request.into_inner().token, "token is required")?;
         self.authority.revoke(&token).await?;
         Ok(Response::new(RevokeResponse {}))
     }
@@ -69,7 +69,7 @@ impl TokenService for TokenApi {
     ) -> Result<Response<IntrospectResponse>, Status> {
         let bearer = bearer_token(request.metadata())?;
         let grant = self.authority.authorize_introspection(bearer)?;
-        let token = required_token(request.into_inner().token, "token")?;
+        let token = required_token(request.into_inner().token, "token is required")?;
         let answer = self.authority.introspect(grant, &token).await?;
         Ok(Response::new(answer.into()))
     }
@@ -84,12 +84,10 @@ impl TokenService for TokenApi {
     }
 }
 
-fn required_token(token: String, field: &'static str) -> Result<String, AuthError> {
+/// `token`, unless it is empty (`missing` says which field) or over 8 KiB.
+fn required_token(token: String, missing: &'static str) -> Result<String, AuthError> {
     if token.is_empty() {
-        return Err(AuthError::InvalidInput(InvalidInput(match field {
-            "refresh_token" => "refresh_token is required",
-            _ => "token is required",
-        })));
+        return Err(AuthError::InvalidInput(InvalidInput(missing)));
     }
     if token.len() > MAX_TOKEN_BYTES {
         return Err(AuthError::InvalidInput(InvalidInput(
