@@ -20,7 +20,7 @@ use crate::{
 /// [`TokenSource`]. It only reads the latest published token: it never
 /// blocks or awaits, and answers UNAVAILABLE locally when there is no usable
 /// token yet.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AuthInterceptor {
     /// Keeps the source (and its refresher) alive as long as any channel uses it.
     source: TokenSource,
@@ -59,7 +59,7 @@ impl Interceptor for AuthInterceptor {
 
 /// A tower layer that awaits a usable token before each call (so a service
 /// can start before the token service) and attaches it.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AuthLayer {
     source: TokenSource,
 }
@@ -89,7 +89,7 @@ impl<S> Layer<S> for AuthLayer {
 }
 
 /// The service [`AuthLayer`] makes.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AuthService<S> {
     inner: S,
     source: TokenSource,

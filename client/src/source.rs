@@ -6,12 +6,13 @@
 use std::{
     hash::{BuildHasher, Hasher},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
+use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
 use tessera::pb::{
     ClientCredentialsGrant, IssueRequest, PasswordGrant, RefreshRequest, issue_request::Grant,
@@ -169,11 +170,12 @@ pub enum SourceError {
 }
 
 /// Keeps one credential's access token fresh. Clones share everything.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct TokenSource {
     inner: Arc<Inner>,
 }
 
+#[derive(Debug)]
 struct Inner {
     /// The published token. Shared with the refresher, so `invalidate()` can
     /// withdraw a rejected token at once rather than when the refresher next runs.
@@ -269,11 +271,7 @@ impl TokenSource {
     /// another at once. Honoured at most once per `invalidate_interval`, so a
     /// misbehaving server cannot turn every failed call into a token request.
     pub fn invalidate(&self) -> bool {
-        let mut last = self
-            .inner
-            .last_invalidate
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self.inner.last_invalidate.lock();
         if last.is_some_and(|at| at.elapsed() < self.inner.invalidate_interval) {
             return false;
         }

@@ -4,12 +4,16 @@
 //! ([`JwksVerifier`], no call per token, sees no revocations), and a tower
 //! layer ([`VerifyLayer`]) that enforces scopes per gRPC method.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use async_trait::async_trait;
+use tessera_token::AccessClaims;
 
 mod introspect;
 mod jwks;
@@ -18,9 +22,6 @@ mod layer;
 pub use introspect::{IntrospectionConfig, IntrospectionVerifier};
 pub use jwks::{JwksConfig, JwksVerifier};
 pub use layer::{ScopeRules, VerifyLayer, VerifyService};
-
-/// Longest token accepted, before any work: as on the server.
-pub(crate) const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// What a verified token says, put into request extensions for handlers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +51,29 @@ impl VerifiedClaims {
     }
 }
 
+impl From<AccessClaims> for VerifiedClaims {
+    fn from(claims: AccessClaims) -> Self {
+        Self {
+            scopes: claims.scopes().map(str::to_owned).collect(),
+            aud: claims.aud.to_vec(),
+            sub: claims.sub,
+            client_id: claims.client_id,
+            iss: claims.iss,
+            exp: claims.exp,
+            jti: claims.jti,
+            sid: claims.sid,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch by the local clock.
+pub(crate) fn unix_now() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+}
+
 /// Why a token was not accepted.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum VerifyError {
@@ -66,6 +90,12 @@ pub enum VerifyError {
 pub trait Verifier: Send + Sync + 'static {
     /// The token's claims if it is active.
     async fn verify(&self, token: &str) -> Result<Arc<VerifiedClaims>, VerifyError>;
+}
+
+impl std::fmt::Debug for dyn Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Verifier")
+    }
 }
 
 /// Counters kept by a verifier.

@@ -10,15 +10,15 @@ use clap::{Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
-    clock::{Clock, SystemClock},
     config::{Options, Settings, SettingsError},
-    domain::{
-        Audience, ClientId, InvalidInput, Password, PasswordHasher, ScopeSet, Username,
-        admin::{self, AdminError},
-    },
+    domain::AdminError,
     keys::{self, KeyRing, KeyState, key_states},
+    model::{
+        Audience, ClientId, Clock, InvalidInput, Password, ScopeSet, SystemClock, UnixTime,
+        Username,
+    },
     startup::{self, Application, StartupError},
-    store::Backend,
+    store::{Backend, StoreError},
 };
 
 /// Tessera: a gRPC token service.
@@ -118,7 +118,7 @@ pub enum CliError {
     Admin(#[from] AdminError),
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] StoreError),
     /// Key management failed.
     #[error(transparent)]
     Keys(#[from] keys::KeyError),
@@ -145,22 +145,17 @@ impl Cli {
                 startup::open_store(&settings).await?;
                 println!("migrations applied");
             }
-            Command::User(command) => user(command, &settings, clock.now()).await?,
+            Command::User(command) => user(command, &settings, clock).await?,
             Command::Client(ClientCommand::Add {
                 id,
                 scopes,
                 audiences,
             }) => {
-                let store = startup::open_store(&settings).await?;
                 let id = ClientId::parse(&id)?;
-                let secret = admin::add_client(
-                    &*store,
-                    id.clone(),
-                    ScopeSet::parse_list(&scopes)?,
-                    parse_audiences(&audiences)?,
-                    clock.now(),
-                )
-                .await?;
+                let scopes = ScopeSet::parse_list(&scopes)?;
+                let audiences = parse_audiences(&audiences)?;
+                let admin = startup::open_admin(&settings, clock).await?;
+                let secret = admin.add_client(id.clone(), scopes, audiences).await?;
                 println!("created client {id}; its secret (shown only now) is on the next line");
                 println!("{}", secret.expose_secret());
             }
@@ -173,7 +168,7 @@ impl Cli {
 async fn user(
     command: UserCommand,
     settings: &Settings,
-    now: crate::clock::UnixTime,
+    clock: Arc<dyn Clock>,
 ) -> Result<(), CliError> {
     match command {
         UserCommand::Add {
@@ -185,35 +180,29 @@ async fn user(
             let scopes = ScopeSet::parse_list(&scopes)?;
             let audiences = parse_audiences(&audiences)?;
             let password = Password::parse(read_password(&name)?)?;
-            let store = startup::open_store(settings).await?;
-            let hasher = PasswordHasher::new(&settings.hashing).map_err(AdminError::from)?;
-            let id = admin::add_user(
-                &*store, &hasher, username, &password, scopes, audiences, now,
-            )
-            .await?;
+            let admin = startup::open_admin(settings, clock).await?;
+            let id = admin
+                .add_user(username, &password, scopes, audiences)
+                .await?;
             println!("created user {name} (sub {id})");
         }
         UserCommand::Disable { name } => {
             let username = Username::parse(&name)?;
-            let store = startup::open_store(settings).await?;
-            admin::disable_user(&*store, &settings.policy, &username, now).await?;
+            let admin = startup::open_admin(settings, clock).await?;
+            admin.disable_user(&username).await?;
             println!("disabled user {name}; their sessions and access tokens are revoked");
         }
     }
     Ok(())
 }
 
-async fn keys(
-    command: KeysCommand,
-    settings: &Settings,
-    now: crate::clock::UnixTime,
-) -> Result<(), CliError> {
+async fn keys(command: KeysCommand, settings: &Settings, now: UnixTime) -> Result<(), CliError> {
     let store = startup::open_store(settings).await?;
-    let retention = settings.policy.key_retention();
+    let retention = settings.tokens.key_retention();
     match command {
         KeysCommand::Rotate { activate_in } => {
             let backend = Backend::of_url(settings.database_url.expose_secret())
-                .ok_or(crate::store::StoreError::UnsupportedUrl)?;
+                .ok_or(StoreError::UnsupportedUrl)?;
             let kek = startup::load_kek(settings, backend)?;
             // Loading first proves this key-encryption key opens the existing
             // keys, so the new key is sealed under the one replicas use.
@@ -261,7 +250,7 @@ fn parse_audiences(items: &[String]) -> Result<Vec<Audience>, InvalidInput> {
     items.iter().map(|a| Audience::parse(a)).collect()
 }
 
-fn format_time(t: crate::clock::UnixTime) -> String {
+fn format_time(t: UnixTime) -> String {
     let secs = u64::try_from(t.as_secs()).unwrap_or(0);
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }

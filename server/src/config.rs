@@ -1,16 +1,44 @@
-//! Typed settings, read from flags or `TESSERA_*` environment variables by
-//! clap, with humantime durations and secrets kept as `SecretString`.
+//! Typed settings. [`Settings::new`] builds them in code from the defaults
+//! below (tests and embedding use it, so no `TESSERA_*` variable in a
+//! developer's shell changes them); [`Options`] reads the same settings from
+//! flags or `TESSERA_*` environment variables for the binary, with the same
+//! defaults.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
 use secrecy::SecretString;
+use tessera_token::Algorithm;
 
 use crate::{
-    domain::{Audience, HashingSettings, Policy},
-    keys::SigningAlg,
-    revocation::follower::FollowSettings,
+    domain::{HashingSettings, TokenSettings},
+    follow::FollowSettings,
+    model::Audience,
 };
+
+/// The defaults, in one place for [`Settings::new`] and [`Options`].
+mod defaults {
+    use std::time::Duration;
+
+    pub(super) const LISTEN_ADDR: &str = "127.0.0.1:50051";
+    pub(super) const DATA_DIR: &str = "./tessera-data";
+    pub(super) const DATABASE_MAX_CONNECTIONS: u32 = 10;
+    pub(super) const ISSUER: &str = "tessera";
+    pub(super) const AUDIENCE: &str = "tessera";
+    pub(super) const ACCESS_TOKEN_TTL: Duration = Duration::from_secs(10 * 60);
+    pub(super) const REFRESH_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+    pub(super) const REFRESH_REUSE_GRACE: Duration = Duration::from_secs(10);
+    pub(super) const CLOCK_LEEWAY: Duration = Duration::from_secs(5);
+    pub(super) const SIGNING_ALG: &str = "ES256";
+    pub(super) const REVOCATION_POLL_INTERVAL: Duration = Duration::from_secs(1);
+    pub(super) const REVOCATION_STALE_AFTER: Duration = Duration::from_secs(10);
+    pub(super) const KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+    pub(super) const ARGON2_MEMORY_KIB: u32 = 19_456;
+    pub(super) const ARGON2_ITERATIONS: u32 = 2;
+    pub(super) const ARGON2_PARALLELISM: u32 = 1;
+    pub(super) const HASHING_QUEUE: usize = 256;
+    pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+}
 
 /// Everything the server and the admin commands are configured with.
 #[derive(Debug, Clone)]
@@ -25,10 +53,10 @@ pub struct Settings {
     pub key_encryption_key: Option<SecretString>,
     /// Address to serve gRPC on.
     pub listen_addr: SocketAddr,
-    /// Token lifetimes and names.
-    pub policy: Policy,
+    /// Token names and lifetimes.
+    pub tokens: TokenSettings,
     /// Algorithm of newly generated keys.
-    pub signing_alg: SigningAlg,
+    pub signing_alg: Algorithm,
     /// Argon2id cost and pool bounds.
     pub hashing: HashingSettings,
     /// How the revocation log and keys are followed.
@@ -41,8 +69,84 @@ pub struct Settings {
     pub request_timeout: Duration,
 }
 
-fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(s)
+/// The embedded SQLite database in `data_dir`.
+fn sqlite_url(data_dir: &std::path::Path) -> String {
+    format!(
+        "sqlite://{}?mode=rwc",
+        data_dir.join("tessera.db").display()
+    )
+}
+
+impl Settings {
+    /// The defaults, with the embedded SQLite database in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        Self {
+            database_url: SecretString::from(sqlite_url(&data_dir)),
+            database_max_connections: defaults::DATABASE_MAX_CONNECTIONS,
+            data_dir,
+            key_encryption_key: None,
+            listen_addr: defaults::LISTEN_ADDR
+                .parse()
+                .expect("a valid default address"),
+            tokens: TokenSettings {
+                issuer: defaults::ISSUER.to_owned(),
+                default_audience: Audience::parse(defaults::AUDIENCE)
+                    .expect("a valid default audience"),
+                access_token_ttl: defaults::ACCESS_TOKEN_TTL,
+                refresh_token_ttl: defaults::REFRESH_TOKEN_TTL,
+                refresh_reuse_grace: defaults::REFRESH_REUSE_GRACE,
+                leeway: defaults::CLOCK_LEEWAY,
+            },
+            signing_alg: defaults::SIGNING_ALG
+                .parse()
+                .expect("a valid default algorithm"),
+            hashing: HashingSettings {
+                memory_kib: defaults::ARGON2_MEMORY_KIB,
+                iterations: defaults::ARGON2_ITERATIONS,
+                parallelism: defaults::ARGON2_PARALLELISM,
+                max_concurrent: default_hashing_concurrency(),
+                max_waiting: defaults::HASHING_QUEUE,
+            },
+            follow: FollowSettings {
+                poll_interval: defaults::REVOCATION_POLL_INTERVAL,
+                key_refresh_interval: defaults::KEY_REFRESH_INTERVAL,
+            },
+            revocation_stale_after: defaults::REVOCATION_STALE_AFTER,
+            migrate: true,
+            request_timeout: defaults::REQUEST_TIMEOUT,
+        }
+    }
+
+    /// Checks the settings make sense together.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |name: &'static str, reason: &str| {
+            Err(SettingsError {
+                name,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.tokens.issuer.is_empty() {
+            return invalid("TESSERA_ISSUER", "must not be empty");
+        }
+        if self.tokens.access_token_ttl < Duration::from_secs(1) {
+            return invalid("TESSERA_ACCESS_TOKEN_TTL", "must be at least 1s");
+        }
+        if self.tokens.refresh_token_ttl < Duration::from_secs(1) {
+            return invalid("TESSERA_REFRESH_TOKEN_TTL", "must be at least 1s");
+        }
+        if self.revocation_stale_after <= self.follow.poll_interval {
+            return invalid(
+                "TESSERA_REVOCATION_STALE_AFTER",
+                "must be longer than TESSERA_REVOCATION_POLL_INTERVAL",
+            );
+        }
+        Ok(())
+    }
+}
+
+fn default_hashing_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
 }
 
 /// Flags shared by every command, each also read from the environment.
@@ -59,21 +163,11 @@ pub struct Options {
     pub database_url: Option<String>,
 
     /// Connections per replica in the database pool.
-    #[arg(
-        long,
-        env = "TESSERA_DATABASE_MAX_CONNECTIONS",
-        default_value_t = 10,
-        global = true
-    )]
+    #[arg(long, env = "TESSERA_DATABASE_MAX_CONNECTIONS", default_value_t = defaults::DATABASE_MAX_CONNECTIONS, global = true)]
     pub database_max_connections: u32,
 
     /// Folder for the embedded database and generated key-encryption key.
-    #[arg(
-        long,
-        env = "TESSERA_DATA_DIR",
-        default_value = "./tessera-data",
-        global = true
-    )]
+    #[arg(long, env = "TESSERA_DATA_DIR", default_value = defaults::DATA_DIR, global = true)]
     pub data_dir: PathBuf,
 
     /// Key-encryption key for private signing keys at rest: base64 of 32
@@ -87,91 +181,61 @@ pub struct Options {
     pub key_encryption_key: Option<String>,
 
     /// Address to serve gRPC on.
-    #[arg(
-        long,
-        env = "TESSERA_LISTEN_ADDR",
-        default_value = "127.0.0.1:50051",
-        global = true
-    )]
+    #[arg(long, env = "TESSERA_LISTEN_ADDR", default_value = defaults::LISTEN_ADDR, global = true)]
     pub listen_addr: SocketAddr,
 
     /// Issuer name written in `iss`.
-    #[arg(long, env = "TESSERA_ISSUER", default_value = "tessera", global = true)]
+    #[arg(long, env = "TESSERA_ISSUER", default_value = defaults::ISSUER, global = true)]
     pub issuer: String,
 
     /// Audience written in `aud` when a request names none.
-    #[arg(
-        long,
-        env = "TESSERA_DEFAULT_AUDIENCE",
-        default_value = "tessera",
-        global = true
-    )]
+    #[arg(long, env = "TESSERA_DEFAULT_AUDIENCE", default_value = defaults::AUDIENCE, global = true)]
     pub default_audience: String,
 
     /// Access token lifetime.
-    #[arg(long, env = "TESSERA_ACCESS_TOKEN_TTL", default_value = "10m", value_parser = duration, global = true)]
-    pub access_token_ttl: Duration,
+    #[arg(long, env = "TESSERA_ACCESS_TOKEN_TTL", default_value_t = defaults::ACCESS_TOKEN_TTL.into(), global = true)]
+    pub access_token_ttl: humantime::Duration,
 
     /// Refresh token lifetime (renewed by each rotation).
-    #[arg(long, env = "TESSERA_REFRESH_TOKEN_TTL", default_value = "30d", value_parser = duration, global = true)]
-    pub refresh_token_ttl: Duration,
+    #[arg(long, env = "TESSERA_REFRESH_TOKEN_TTL", default_value_t = defaults::REFRESH_TOKEN_TTL.into(), global = true)]
+    pub refresh_token_ttl: humantime::Duration,
 
     /// How long a spent refresh token still works, for a client whose
     /// response was lost; after it, reuse revokes the session.
-    #[arg(long, env = "TESSERA_REFRESH_REUSE_GRACE", default_value = "10s", value_parser = duration, global = true)]
-    pub refresh_reuse_grace: Duration,
+    #[arg(long, env = "TESSERA_REFRESH_REUSE_GRACE", default_value_t = defaults::REFRESH_REUSE_GRACE.into(), global = true)]
+    pub refresh_reuse_grace: humantime::Duration,
 
     /// Algorithm of new signing keys: ES256, EdDSA or RS256.
-    #[arg(
-        long,
-        env = "TESSERA_SIGNING_ALG",
-        default_value = "ES256",
-        global = true
-    )]
-    pub signing_alg: SigningAlg,
+    #[arg(long, env = "TESSERA_SIGNING_ALG", default_value = defaults::SIGNING_ALG, global = true)]
+    pub signing_alg: Algorithm,
 
     /// Clock skew tolerated when verifying tokens.
-    #[arg(long, env = "TESSERA_CLOCK_LEEWAY", default_value = "5s", value_parser = duration, global = true)]
-    pub clock_leeway: Duration,
+    #[arg(long, env = "TESSERA_CLOCK_LEEWAY", default_value_t = defaults::CLOCK_LEEWAY.into(), global = true)]
+    pub clock_leeway: humantime::Duration,
 
     /// Backstop poll of the revocation log (PostgreSQL also pushes changes).
-    #[arg(long, env = "TESSERA_REVOCATION_POLL_INTERVAL", default_value = "1s", value_parser = duration, global = true)]
-    pub revocation_poll_interval: Duration,
+    #[arg(long, env = "TESSERA_REVOCATION_POLL_INTERVAL", default_value_t = defaults::REVOCATION_POLL_INTERVAL.into(), global = true)]
+    pub revocation_poll_interval: humantime::Duration,
 
     /// Fail closed (Introspect UNAVAILABLE, health NOT_SERVING) when the
     /// revocation log could not be read for this long.
-    #[arg(long, env = "TESSERA_REVOCATION_STALE_AFTER", default_value = "10s", value_parser = duration, global = true)]
-    pub revocation_stale_after: Duration,
+    #[arg(long, env = "TESSERA_REVOCATION_STALE_AFTER", default_value_t = defaults::REVOCATION_STALE_AFTER.into(), global = true)]
+    pub revocation_stale_after: humantime::Duration,
 
     /// Backstop re-read of signing keys.
-    #[arg(long, env = "TESSERA_KEY_REFRESH_INTERVAL", default_value = "60s", value_parser = duration, global = true)]
-    pub key_refresh_interval: Duration,
+    #[arg(long, env = "TESSERA_KEY_REFRESH_INTERVAL", default_value_t = defaults::KEY_REFRESH_INTERVAL.into(), global = true)]
+    pub key_refresh_interval: humantime::Duration,
 
     /// Argon2id memory cost in KiB.
-    #[arg(
-        long,
-        env = "TESSERA_ARGON2_MEMORY_KIB",
-        default_value_t = 19_456,
-        global = true
-    )]
+    #[arg(long, env = "TESSERA_ARGON2_MEMORY_KIB", default_value_t = defaults::ARGON2_MEMORY_KIB, global = true)]
     pub argon2_memory_kib: u32,
 
     /// Argon2id iterations.
-    #[arg(
-        long,
-        env = "TESSERA_ARGON2_ITERATIONS",
-        default_value_t = 2,
-        global = true
-    )]
+    #[arg(long, env = "TESSERA_ARGON2_ITERATIONS", default_value_t = defaults::ARGON2_ITERATIONS, global = true)]
     pub argon2_iterations: u32,
 
     /// Argon2id parallelism.
-    #[arg(
-        long,
-        env = "TESSERA_ARGON2_PARALLELISM",
-        default_value_t = 1,
-        global = true
-    )]
+    #[arg(long, env = "TESSERA_ARGON2_PARALLELISM", default_value_t = defaults::ARGON2_PARALLELISM, global = true)]
     pub argon2_parallelism: u32,
 
     /// Password hashes computed at once (default: one per CPU).
@@ -179,17 +243,12 @@ pub struct Options {
     pub hashing_concurrency: Option<usize>,
 
     /// Logins allowed to wait for hashing before RESOURCE_EXHAUSTED.
-    #[arg(
-        long,
-        env = "TESSERA_HASHING_QUEUE",
-        default_value_t = 256,
-        global = true
-    )]
+    #[arg(long, env = "TESSERA_HASHING_QUEUE", default_value_t = defaults::HASHING_QUEUE, global = true)]
     pub hashing_queue: usize,
 
     /// Longest time one RPC may take.
-    #[arg(long, env = "TESSERA_REQUEST_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
-    pub request_timeout: Duration,
+    #[arg(long, env = "TESSERA_REQUEST_TIMEOUT", default_value_t = defaults::REQUEST_TIMEOUT.into(), global = true)]
+    pub request_timeout: humantime::Duration,
 }
 
 /// A setting that does not make sense.
@@ -200,95 +259,95 @@ pub struct SettingsError {
     reason: String,
 }
 
-/// Only the shared options, for building settings without a command.
-#[derive(clap::Parser)]
-struct OptionsOnly {
-    #[command(flatten)]
-    options: Options,
-}
-
-impl Settings {
-    /// The settings `tessera serve` would use (defaults, then `TESSERA_*`
-    /// variables) with the embedded database in `data_dir` and an ephemeral
-    /// port on 127.0.0.1: for examples and embedding.
-    pub fn embedded(data_dir: &std::path::Path) -> Result<Self, SettingsError> {
-        let args = [
-            "tessera".as_ref(),
-            "--listen-addr".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--data-dir".as_ref(),
-            data_dir.as_os_str(),
-        ];
-        let parsed =
-            <OptionsOnly as clap::Parser>::try_parse_from(args).map_err(|e| SettingsError {
-                name: "arguments",
-                reason: e.to_string(),
-            })?;
-        parsed.options.settings()
-    }
-}
-
 impl Options {
     /// Validates the options into [`Settings`].
     pub fn settings(&self) -> Result<Settings, SettingsError> {
-        let invalid = |name: &'static str, reason: &dyn std::fmt::Display| SettingsError {
-            name,
-            reason: reason.to_string(),
+        let mut settings = Settings::new(&self.data_dir);
+        if let Some(url) = &self.database_url {
+            settings.database_url = SecretString::from(url.clone());
+        }
+        settings.database_max_connections = self.database_max_connections.max(1);
+        settings.key_encryption_key = self.key_encryption_key.clone().map(SecretString::from);
+        settings.listen_addr = self.listen_addr;
+        settings.tokens = TokenSettings {
+            issuer: self.issuer.clone(),
+            default_audience: Audience::parse(&self.default_audience).map_err(|e| {
+                SettingsError {
+                    name: "TESSERA_DEFAULT_AUDIENCE",
+                    reason: e.to_string(),
+                }
+            })?,
+            access_token_ttl: self.access_token_ttl.into(),
+            refresh_token_ttl: self.refresh_token_ttl.into(),
+            refresh_reuse_grace: self.refresh_reuse_grace.into(),
+            leeway: self.clock_leeway.into(),
         };
-        let default_audience = Audience::parse(&self.default_audience)
-            .map_err(|e| invalid("TESSERA_DEFAULT_AUDIENCE", &e))?;
-        if self.issuer.is_empty() {
-            return Err(invalid("TESSERA_ISSUER", &"must not be empty"));
-        }
-        if self.access_token_ttl < Duration::from_secs(1) {
-            return Err(invalid("TESSERA_ACCESS_TOKEN_TTL", &"must be at least 1s"));
-        }
-        if self.refresh_token_ttl < Duration::from_secs(1) {
-            return Err(invalid("TESSERA_REFRESH_TOKEN_TTL", &"must be at least 1s"));
-        }
-        if self.revocation_stale_after <= self.revocation_poll_interval {
-            return Err(invalid(
-                "TESSERA_REVOCATION_STALE_AFTER",
-                &"must be longer than TESSERA_REVOCATION_POLL_INTERVAL",
-            ));
-        }
-        let database_url = match &self.database_url {
-            Some(url) => url.clone(),
-            None => format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir.join("tessera.db").display()
-            ),
+        settings.signing_alg = self.signing_alg;
+        settings.hashing = HashingSettings {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+            parallelism: self.argon2_parallelism,
+            max_concurrent: self
+                .hashing_concurrency
+                .unwrap_or_else(default_hashing_concurrency),
+            max_waiting: self.hashing_queue,
         };
-        let defaults = HashingSettings::default();
-        Ok(Settings {
-            database_url: SecretString::from(database_url),
-            database_max_connections: self.database_max_connections.max(1),
-            data_dir: self.data_dir.clone(),
-            key_encryption_key: self.key_encryption_key.clone().map(SecretString::from),
-            listen_addr: self.listen_addr,
-            policy: Policy {
-                issuer: self.issuer.clone(),
-                default_audience,
-                access_token_ttl: self.access_token_ttl,
-                refresh_token_ttl: self.refresh_token_ttl,
-                refresh_reuse_grace: self.refresh_reuse_grace,
-                leeway: self.clock_leeway,
-            },
-            signing_alg: self.signing_alg,
-            hashing: HashingSettings {
-                memory_kib: self.argon2_memory_kib,
-                iterations: self.argon2_iterations,
-                parallelism: self.argon2_parallelism,
-                max_concurrent: self.hashing_concurrency.unwrap_or(defaults.max_concurrent),
-                max_waiting: self.hashing_queue,
-            },
-            follow: FollowSettings {
-                poll_interval: self.revocation_poll_interval,
-                key_refresh_interval: self.key_refresh_interval,
-            },
-            revocation_stale_after: self.revocation_stale_after,
-            migrate: true,
-            request_timeout: self.request_timeout,
-        })
+        settings.follow = FollowSettings {
+            poll_interval: self.revocation_poll_interval.into(),
+            key_refresh_interval: self.key_refresh_interval.into(),
+        };
+        settings.revocation_stale_after = self.revocation_stale_after.into();
+        settings.request_timeout = self.request_timeout.into();
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct OnlyOptions {
+        #[command(flatten)]
+        options: Options,
+    }
+
+    #[test]
+    fn flags_left_at_their_defaults_give_the_settings_built_in_code() {
+        // Only meaningful without TESSERA_* variables set, which this test
+        // cannot clear for the whole process; skip what the environment sets.
+        if std::env::vars().any(|(k, _)| k.starts_with("TESSERA_")) {
+            eprintln!("skipped: TESSERA_* variables are set in this environment");
+            return;
+        }
+        let parsed = OnlyOptions::parse_from(["tessera"])
+            .options
+            .settings()
+            .unwrap();
+        let built = Settings::new(defaults::DATA_DIR);
+        assert_eq!(
+            parsed.database_url.expose_secret(),
+            built.database_url.expose_secret()
+        );
+        assert_eq!(
+            format!("{:?}", parsed.tokens),
+            format!("{:?}", built.tokens)
+        );
+        assert_eq!(
+            format!("{:?}", parsed.hashing),
+            format!("{:?}", built.hashing)
+        );
+        assert_eq!(
+            format!("{:?}", parsed.follow),
+            format!("{:?}", built.follow)
+        );
+        assert_eq!(parsed.listen_addr, built.listen_addr);
+        assert_eq!(parsed.signing_alg, built.signing_alg);
+        assert_eq!(parsed.revocation_stale_after, built.revocation_stale_after);
+        assert_eq!(parsed.request_timeout, built.request_timeout);
     }
 }

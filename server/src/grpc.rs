@@ -1,5 +1,6 @@
 //! The gRPC face: protobuf in, domain call, protobuf out. Handlers only
-//! convert; [`status`] is the one place domain errors become statuses.
+//! convert (`convert`); [`status`] is the one place domain errors become
+//! statuses.
 
 use std::sync::Arc;
 
@@ -7,16 +8,19 @@ use tessera::pb::token_service_server::TokenServiceServer;
 
 use crate::domain::Authority;
 
-pub mod service;
-pub mod status;
+mod convert;
+mod service;
+mod status;
+
+pub(crate) use service::TokenApi;
 
 /// Largest request message accepted, per RPC: the largest legitimate request
 /// (an 8 KiB token, or 64 scopes) fits several times over.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// The `tessera.v1.TokenService` server, with its message size bounds.
-pub fn token_service(authority: Arc<Authority>) -> TokenServiceServer<service::TokenApi> {
-    TokenServiceServer::new(service::TokenApi::new(authority))
+pub(crate) fn token_service(authority: Arc<Authority>) -> TokenServiceServer<TokenApi> {
+    TokenServiceServer::new(TokenApi::new(authority))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_REQUEST_BYTES)
 }

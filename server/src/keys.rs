@@ -5,26 +5,24 @@
 //! *signing* (the newest key whose activation time has passed) → *retiring*
 //! (superseded, still published while a token it signed can be live) →
 //! *expired* (dropped from memory and the JWKS; its row stays).
+//!
+//! What a valid token is, is `tessera_token`'s business; this module only
+//! decides which keys exist and which one signs.
 
-use std::{
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use jsonwebtoken::{DecodingKey, EncodingKey};
+use parking_lot::RwLock;
+use tessera_token::{AccessClaims, Algorithm, Rejected, SigningKey, VerifyRules, VerifyingKey};
 
 use crate::{
-    clock::UnixTime,
-    domain::secrets::random_id,
+    model::{UnixTime, random_id},
     store::{Store, StoreError, StoredKey},
 };
 
-pub mod jwt;
-pub mod kek;
-pub mod material;
+mod kek;
+mod material;
 
-pub use kek::Kek;
-pub use material::SigningAlg;
+pub use kek::{Kek, KekError};
 
 /// Why the key ring could not do its work.
 #[derive(Debug, thiserror::Error)]
@@ -34,43 +32,37 @@ pub enum KeyError {
     Store(#[from] StoreError),
     /// A private key did not decrypt.
     #[error(transparent)]
-    Kek(#[from] kek::KekError),
-    /// Stored key material is unusable.
-    #[error(transparent)]
-    Material(#[from] material::KeyMaterialError),
+    Kek(#[from] KekError),
+    /// Stored or generated key material is unusable.
+    #[error("invalid key material: {0}")]
+    Material(String),
     /// No key can sign yet.
     #[error("no signing key is active")]
     NoActiveKey,
     /// Signing failed.
-    #[error("signing failed: {0}")]
-    Sign(#[source] jsonwebtoken::errors::Error),
+    #[error(transparent)]
+    Sign(tessera_token::KeyError),
 }
 
-/// A key loaded into memory, ready to sign and verify.
-pub struct LoadedKey {
-    /// `kid`.
-    pub kid: String,
-    /// The one algorithm this key is used with (pinned when verifying).
-    pub alg: SigningAlg,
-    activates_at: UnixTime,
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    public_jwk: serde_json::Value,
-}
-
-impl std::fmt::Debug for LoadedKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedKey")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .finish_non_exhaustive()
+impl KeyError {
+    /// True when the database could not be reached.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_unavailable())
     }
 }
 
+/// A key loaded into memory, ready to sign and verify.
+#[derive(Debug)]
+struct LoadedKey {
+    activates_at: UnixTime,
+    signing: SigningKey,
+    verifying: VerifyingKey,
+    public_jwk: serde_json::Value,
+}
+
 impl LoadedKey {
-    /// The key that checks signatures made by this one.
-    pub fn decoding(&self) -> &DecodingKey {
-        &self.decoding
+    fn kid(&self) -> &str {
+        self.signing.kid()
     }
 }
 
@@ -111,22 +103,24 @@ pub fn key_states(keys: &[StoredKey], now: UnixTime, retention: Duration) -> Vec
 }
 
 /// The in-memory key ring every replica keeps.
-pub struct KeyRing {
+#[derive(Debug)]
+pub(crate) struct KeyRing {
     kek: Kek,
     /// How long after a key stops signing its tokens can be live: the longest
     /// access token lifetime plus verification leeway.
     retention: Duration,
     /// Published keys (next, signing, retiring), oldest activation first.
+    /// Readers clone the `Arc` and never hold the lock while working.
     keys: RwLock<Arc<Vec<Arc<LoadedKey>>>>,
 }
 
 impl KeyRing {
     /// Loads the stored keys, first generating one (active at once) when none
     /// can sign: the first start of a new installation.
-    pub async fn load(
+    pub(crate) async fn load(
         store: &dyn Store,
         kek: Kek,
-        alg: SigningAlg,
+        alg: Algorithm,
         retention: Duration,
         now: UnixTime,
     ) -> Result<Self, KeyError> {
@@ -146,7 +140,7 @@ impl KeyRing {
 
     /// Re-reads the stored keys: picks up rotations made elsewhere and drops
     /// expired keys. Keys already in memory are not decrypted again.
-    pub async fn reload(&self, store: &dyn Store, now: UnixTime) -> Result<(), KeyError> {
+    pub(crate) async fn reload(&self, store: &dyn Store, now: UnixTime) -> Result<(), KeyError> {
         let stored = store.signing_keys().await?;
         let states = key_states(&stored, now, self.retention);
         let current = self.snapshot();
@@ -155,44 +149,34 @@ impl KeyRing {
             if state == KeyState::Expired {
                 continue;
             }
-            match current.iter().find(|k| k.kid == key.kid) {
+            match current.iter().find(|k| k.kid() == key.kid) {
                 Some(existing) => loaded.push(Arc::clone(existing)),
                 None => loaded.push(Arc::new(self.open(key)?)),
             }
         }
-        *self
-            .keys
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(loaded);
+        *self.keys.write() = Arc::new(loaded);
         Ok(())
     }
 
     fn open(&self, key: &StoredKey) -> Result<LoadedKey, KeyError> {
-        let alg: SigningAlg = key.alg.parse().map_err(material::KeyMaterialError)?;
+        let material =
+            |e: &dyn std::fmt::Display| KeyError::Material(format!("key {}: {e}", key.kid));
+        let alg: Algorithm = key.alg.parse().map_err(|e| material(&e))?;
         let pkcs8 = self.kek.open(&key.encrypted_private_key, &key.kid)?;
-        let public_jwk: serde_json::Value = serde_json::from_str(&key.public_jwk)
-            .map_err(|e| material::KeyMaterialError(e.to_string()))?;
         Ok(LoadedKey {
-            kid: key.kid.clone(),
-            alg,
             activates_at: key.activates_at,
-            encoding: material::encoding_key(alg, &pkcs8)?,
-            decoding: material::decoding_key(&key.public_jwk)?,
-            public_jwk,
+            signing: SigningKey::from_pkcs8(&key.kid, alg, &pkcs8).map_err(|e| material(&e))?,
+            verifying: VerifyingKey::from_jwk_json(&key.public_jwk).map_err(|e| material(&e))?,
+            public_jwk: serde_json::from_str(&key.public_jwk).map_err(|e| material(&e))?,
         })
     }
 
     fn snapshot(&self) -> Arc<Vec<Arc<LoadedKey>>> {
-        Arc::clone(
-            &self
-                .keys
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        Arc::clone(&self.keys.read())
     }
 
     /// The key-encryption key the ring's keys are sealed under.
-    pub fn kek(&self) -> &Kek {
+    pub(crate) fn kek(&self) -> &Kek {
         &self.kek
     }
 
@@ -205,19 +189,37 @@ impl KeyRing {
             .cloned()
     }
 
-    /// The published key named `kid`, if any: the only way a token's header
-    /// selects a verification key.
-    pub fn find(&self, kid: &str) -> Option<Arc<LoadedKey>> {
-        self.snapshot().iter().find(|k| k.kid == kid).cloned()
-    }
-
     /// True when a key can sign at `now`.
-    pub fn is_ready(&self, now: UnixTime) -> bool {
+    pub(crate) fn is_ready(&self, now: UnixTime) -> bool {
         self.signer(now).is_some()
     }
 
+    /// Signs `claims` with the key active at `now`.
+    pub(crate) fn sign(&self, claims: &AccessClaims, now: UnixTime) -> Result<String, KeyError> {
+        let key = self.signer(now).ok_or(KeyError::NoActiveKey)?;
+        key.signing.sign(claims).map_err(KeyError::Sign)
+    }
+
+    /// Verifies an access token's form, signature and claims at `now`: the
+    /// token's `kid` selects a published key, and nothing else can.
+    /// Revocation is not checked here.
+    pub(crate) fn verify(
+        &self,
+        token: &str,
+        rules: &VerifyRules,
+        now: UnixTime,
+    ) -> Result<AccessClaims, Rejected> {
+        let token = tessera_token::parse(token)?;
+        let keys = self.snapshot();
+        let key = keys
+            .iter()
+            .find(|k| k.kid() == token.kid())
+            .ok_or(Rejected::UnknownKey)?;
+        token.verify(&key.verifying, rules, now.as_secs())
+    }
+
     /// The RFC 7517 JWK Set of every published key (public halves only).
-    pub fn jwks_json(&self) -> String {
+    pub(crate) fn jwks_json(&self) -> String {
         let snapshot = self.snapshot();
         let keys: Vec<&serde_json::Value> = snapshot.iter().map(|k| &k.public_jwk).collect();
         serde_json::json!({ "keys": keys }).to_string()
@@ -232,7 +234,7 @@ impl KeyRing {
 pub async fn add_key(
     store: &dyn Store,
     kek: &Kek,
-    alg: SigningAlg,
+    alg: Algorithm,
     now: UnixTime,
     activates_at: UnixTime,
 ) -> Result<(String, UnixTime), KeyError> {
@@ -246,7 +248,7 @@ pub async fn add_key(
         activates_at.max(l.plus(Duration::from_secs(1)))
     });
     let kid = random_id();
-    let generated = material::generate(alg, &kid)?;
+    let generated = material::generate(alg, &kid).map_err(KeyError::Material)?;
     store
         .insert_signing_key(&StoredKey {
             kid: kid.clone(),

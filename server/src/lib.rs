@@ -2,22 +2,50 @@
 //! over gRPC.
 //!
 //! # Layout
-//! - [`cli`]: the `tessera` command line; [`config`]: typed settings.
-//! - [`startup`]: the only place that wires parts together and serves.
-//! - [`grpc`]: protobuf ↔ domain, and the one error → status mapping.
-//! - [`domain`]: issue, refresh, revoke, introspect; no gRPC, no SQL.
-//! - [`store`]: the storage trait, over PostgreSQL or embedded SQLite.
-//! - [`keys`]: signing keys (encrypted at rest) and JWT sign/verify.
-//! - [`revocation`]: in-memory revocation state and the task following the log.
-//! - [`clock`]: injected time; [`telemetry`]: logs and OpenTelemetry.
+//! Requests flow one way: `grpc` → `domain` → `store`, `keys`, `revocation`
+//! → `model`.
+//! - `model`: the leaf: names, secrets, time, revocation entries, the
+//!   refresh token's states. Imports nothing from the crate.
+//! - `store`: the storage trait and records; one portable SQL
+//!   implementation, per-backend connection, migrations and change feed.
+//! - `keys`: signing keys (encrypted at rest by the KEK), rotation; token
+//!   rules themselves are the `tessera_token` crate's.
+//! - `revocation`: the in-memory revocation state Introspect consults.
+//! - `follow`: the task keeping keys and revocation state in step with the
+//!   database (LISTEN/NOTIFY and polling).
+//! - `domain`: the use cases (issue, refresh, revoke, introspect, admin);
+//!   no gRPC, no SQL.
+//! - `grpc`: protobuf ↔ domain; `grpc::status` is the one error → status map.
+//! - `config`: typed settings; `startup`: the only place that wires parts
+//!   together and serves; `cli`: the `tessera` command line;
+//!   `telemetry`: logs, OpenTelemetry, per-request spans.
 
-pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod domain;
-pub mod grpc;
-pub mod keys;
-pub mod revocation;
-pub mod startup;
-pub mod store;
-pub mod telemetry;
+mod cli;
+mod config;
+mod domain;
+mod follow;
+mod grpc;
+mod keys;
+mod model;
+mod revocation;
+mod startup;
+mod store;
+mod telemetry;
+
+pub use cli::{Cli, CliError};
+pub use config::{Options, Settings, SettingsError};
+pub use domain::{Admin, AdminError, HashingSettings, TokenSettings};
+pub use follow::FollowSettings;
+pub use grpc::MAX_REQUEST_BYTES;
+pub use keys::{Kek, KekError, KeyError, KeyState, add_key, key_states};
+pub use model::{
+    Audience, ClientId, Clock, InvalidInput, ManualClock, Password, RefreshTokenState, Revocation,
+    RevocationKind, Scope, ScopeSet, SecretHash, SystemClock, UnixTime, Username, random_id,
+};
+pub use startup::{Application, StartupError, load_kek, open_admin, open_store, shutdown_signal};
+pub use store::{
+    Backend, ClientRecord, NewRefreshToken, NewSession, RefreshTokenRecord, Store, StoreError,
+    StoredKey, UserRecord, connect as connect_store,
+};
+pub use telemetry::{Telemetry, TelemetryError, init as init_telemetry};
+pub use tessera_token::Algorithm;

@@ -1,12 +1,12 @@
 //! The `tessera` binary: parses the command line and runs it.
 
 use clap::Parser;
-use tessera_server::{cli::Cli, telemetry};
+use tessera_server::{Cli, init_telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let _telemetry = telemetry::init()?;
+    let _telemetry = init_telemetry()?;
     cli.run().await?;
     Ok(())
 }

@@ -5,18 +5,15 @@
 //! Entries are forgotten once no token they could deny can still be live, so
 //! memory is bounded by the revocations of one token lifetime.
 
-use std::{
-    collections::HashMap,
-    sync::{Mutex, RwLock},
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, time::Duration};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::time::Instant;
 
 use crate::{
-    clock::UnixTime,
-    store::{Revocation, RevocationKind, Store, StoreError},
+    model::{Revocation, RevocationKind, UnixTime},
+    store::{Store, StoreError},
 };
-
-pub mod follower;
 
 /// Log entries read per query while catching up.
 const PAGE: i64 = 1000;
@@ -62,7 +59,7 @@ impl Denied {
 
 /// The facts of a token that revocation can deny it by.
 #[derive(Debug, Clone, Copy)]
-pub struct TokenFacts<'a> {
+pub(crate) struct TokenFacts<'a> {
     /// `jti`.
     pub jti: &'a str,
     /// `sid`.
@@ -73,11 +70,23 @@ pub struct TokenFacts<'a> {
     pub iat: i64,
 }
 
+impl<'a> From<&'a tessera_token::AccessClaims> for TokenFacts<'a> {
+    fn from(claims: &'a tessera_token::AccessClaims) -> Self {
+        Self {
+            jti: &claims.jti,
+            sid: &claims.sid,
+            sub: &claims.sub,
+            iat: claims.iat,
+        }
+    }
+}
+
 /// Revocation state shared by the handlers and the follower.
 #[derive(Debug)]
-pub struct RevocationState {
+pub(crate) struct RevocationState {
     denied: RwLock<Denied>,
-    /// When the log was last read completely (monotonic clock).
+    /// When the log was last read completely (tokio's clock, so tests can
+    /// pause it).
     synced_at: Mutex<Option<Instant>>,
     /// How old the last complete read may be before answers are refused.
     stale_after: Duration,
@@ -85,7 +94,7 @@ pub struct RevocationState {
 
 impl RevocationState {
     /// An empty state; fresh only after the first [`RevocationState::sync`].
-    pub fn new(stale_after: Duration) -> Self {
+    pub(crate) fn new(stale_after: Duration) -> Self {
         Self {
             denied: RwLock::new(Denied::default()),
             synced_at: Mutex::new(None),
@@ -94,11 +103,8 @@ impl RevocationState {
     }
 
     /// True when a revocation denies the token.
-    pub fn is_revoked(&self, token: TokenFacts<'_>) -> bool {
-        let denied = self
-            .denied
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    pub(crate) fn is_revoked(&self, token: TokenFacts<'_>) -> bool {
+        let denied = self.denied.read();
         denied.tokens.contains_key(token.jti)
             || denied.sessions.contains_key(token.sid)
             || denied
@@ -109,29 +115,19 @@ impl RevocationState {
 
     /// Applies a revocation this replica just made durable, so it is in force
     /// here before the request that made it returns.
-    pub fn apply_local(&self, entry: &Revocation) {
-        self.denied
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .apply(entry);
+    pub(crate) fn apply_local(&self, entry: &Revocation) {
+        self.denied.write().apply(entry);
     }
 
     /// Reads every log entry after the cursor, applies it, forgets expired
     /// entries and marks the state fresh. Returns how many entries it applied.
-    pub async fn sync(&self, store: &dyn Store, now: UnixTime) -> Result<usize, StoreError> {
+    pub(crate) async fn sync(&self, store: &dyn Store, now: UnixTime) -> Result<usize, StoreError> {
         let started = Instant::now();
         let mut applied = 0;
         loop {
-            let cursor = self
-                .denied
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .cursor;
+            let cursor = self.denied.read().cursor;
             let page = store.revocations_after(cursor, now, PAGE).await?;
-            let mut denied = self
-                .denied
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut denied = self.denied.write();
             for (position, entry) in &page {
                 // Two syncs can overlap (a notification during a poll); an
                 // entry at or behind the cursor was applied already.
@@ -147,18 +143,14 @@ impl RevocationState {
             }
         }
         // Fresh as of when the read began: anything committed before then is in.
-        *self
-            .synced_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(started);
+        *self.synced_at.lock() = Some(started);
         Ok(applied)
     }
 
     /// True when the log was read completely within the staleness bound.
-    pub fn is_fresh(&self) -> bool {
+    pub(crate) fn is_fresh(&self) -> bool {
         self.synced_at
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .is_some_and(|at| at.elapsed() <= self.stale_after)
     }
 }
@@ -210,5 +202,16 @@ mod tests {
     #[test]
     fn a_state_that_never_synced_is_not_fresh() {
         assert!(!RevocationState::new(Duration::from_secs(60)).is_fresh());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_synced_state_goes_stale_after_its_bound() {
+        let state = RevocationState::new(Duration::from_secs(10));
+        *state.synced_at.lock() = Some(Instant::now());
+        assert!(state.is_fresh());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(state.is_fresh());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!state.is_fresh());
     }
 }

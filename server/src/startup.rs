@@ -10,13 +10,15 @@ use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    clock::Clock,
     config::Settings,
-    domain::{Authority, HashError, PasswordHasher},
-    grpc::{self, service::TokenApi},
-    keys::{self, Kek, KeyRing, kek::KekError},
-    revocation::{RevocationState, follower::Follower},
+    domain::{Admin, Authority, HashError, PasswordHasher},
+    follow::DatabaseFollower,
+    grpc::{self, TokenApi},
+    keys::{self, Kek, KekError, KeyRing},
+    model::Clock,
+    revocation::RevocationState,
     store::{self, Backend, Store, StoreError},
+    telemetry,
 };
 
 /// How long in-flight calls may finish after a shutdown signal.
@@ -50,6 +52,7 @@ impl From<KekError> for StartupError {
 
 /// Aborts a background task when dropped, so an application (or a test's)
 /// leaves nothing running behind it.
+#[derive(Debug)]
 struct Background(JoinHandle<()>);
 
 impl Drop for Background {
@@ -59,6 +62,7 @@ impl Drop for Background {
 }
 
 /// A built, bound, not yet serving Tessera.
+#[derive(Debug)]
 pub struct Application {
     incoming: TcpIncoming,
     local_addr: SocketAddr,
@@ -88,7 +92,7 @@ impl Application {
                 &*store,
                 kek,
                 settings.signing_alg,
-                settings.policy.key_retention(),
+                settings.tokens.key_retention(),
                 clock.now(),
             )
             .await?,
@@ -96,7 +100,7 @@ impl Application {
         let revocations = Arc::new(RevocationState::new(settings.revocation_stale_after));
         revocations.sync(&*store, clock.now()).await?;
 
-        let follower = Follower {
+        let follower = DatabaseFollower {
             store: Arc::clone(&store),
             revocations: Arc::clone(&revocations),
             keys: Arc::clone(&keys),
@@ -112,7 +116,7 @@ impl Application {
             revocations,
             hasher,
             clock,
-            settings.policy.clone(),
+            settings.tokens.clone(),
         ));
 
         let (health, _) = tonic_health::server::health_reporter();
@@ -177,6 +181,9 @@ impl Application {
         };
 
         let server = Server::builder()
+            // One span per call, joined to the caller's trace (`traceparent`),
+            // so the domain's spans nest under it.
+            .trace_fn(telemetry::request_span)
             // Bounds that tonic leaves open by default: streams per
             // connection, reset floods (CVE-2023-44487 style), header size,
             // and how long one call may hold resources.
@@ -210,6 +217,17 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartupEr
         create_private_dir(&settings.data_dir)?;
     }
     Ok(store::connect(url, settings.database_max_connections, settings.migrate).await?)
+}
+
+/// User and client administration of the configured store, as the admin
+/// commands (and tests) do it.
+pub async fn open_admin(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Admin, StartupError> {
+    Ok(Admin::new(
+        open_store(settings).await?,
+        settings.tokens.clone(),
+        settings.hashing.clone(),
+        clock,
+    ))
 }
 
 /// The configured key-encryption key; for SQLite without one, a key kept in

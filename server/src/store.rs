@@ -2,24 +2,23 @@
 //!
 //! Everything that decides whether a token is valid lives here: users and
 //! clients (with their disabled flags), sessions, refresh tokens (as hashes,
-//! with their spent time), the append-only revocation log and the encrypted
-//! signing keys. [`sql::SqlStore`] implements the trait once over sqlx's `Any`
-//! driver, because the queries are the same on both backends; what differs
-//! per backend (connection setup, migrations, serialising the revocation log,
-//! change notifications) is in [`postgres`] and [`sqlite`].
+//! with their state), the append-only revocation log and the encrypted
+//! signing keys. [`sql::SqlStore`] implements the trait once over sqlx's
+//! `Any` driver, because the queries are the same on both backends; what
+//! differs per backend (connection setup, migrations, change notifications)
+//! is in [`postgres`] and [`sqlite`], which know nothing of `SqlStore`.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::{
-    clock::UnixTime,
-    domain::{Audience, ClientId, ScopeSet, SecretHash, Username},
+use crate::model::{
+    Audience, ClientId, RefreshTokenState, Revocation, ScopeSet, SecretHash, UnixTime, Username,
 };
 
-pub mod postgres;
-pub mod sql;
-pub mod sqlite;
+mod postgres;
+mod sql;
+mod sqlite;
 
 /// What went wrong in the store. The caller of the gRPC API sees only a
 /// generic message; the log sees the cause.
@@ -43,6 +42,14 @@ pub enum StoreError {
     /// Any other database error.
     #[error("database error")]
     Database(#[source] sqlx::Error),
+}
+
+impl StoreError {
+    /// True when the database could not be reached: worth retrying
+    /// elsewhere, and answered as UNAVAILABLE.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -135,7 +142,7 @@ pub struct RefreshTokenRecord {
     /// The user's id.
     pub user_id: String,
     /// The user's name (reported by introspection, never put in a JWT).
-    pub username: String,
+    pub username: Username,
     /// The audience of the session.
     pub audience: Audience,
     /// Scopes the token may be exchanged for.
@@ -144,55 +151,8 @@ pub struct RefreshTokenRecord {
     pub issued_at: UnixTime,
     /// When it stops being usable.
     pub expires_at: UnixTime,
-    /// When it was exchanged, if it was.
-    pub spent_at: Option<UnixTime>,
-    /// True once the session is revoked (logout, theft, disabled user).
-    pub session_revoked: bool,
-}
-
-/// What a revocation log entry denies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevocationKind {
-    /// One access token, by `jti`.
-    Token,
-    /// Every access token of a session, by `sid`.
-    Session,
-    /// Every token of a subject issued at or before the entry's time.
-    Subject,
-}
-
-impl RevocationKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Token => "jti",
-            Self::Session => "sid",
-            Self::Subject => "sub",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self, StoreError> {
-        match s {
-            "jti" => Ok(Self::Token),
-            "sid" => Ok(Self::Session),
-            "sub" => Ok(Self::Subject),
-            other => Err(StoreError::Corrupt(format!(
-                "unknown revocation kind {other:?}"
-            ))),
-        }
-    }
-}
-
-/// One entry of the append-only revocation log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Revocation {
-    /// What is denied.
-    pub kind: RevocationKind,
-    /// The `jti`, `sid` or `sub` denied.
-    pub value: String,
-    /// When the revocation was made.
-    pub at: UnixTime,
-    /// After this no token it could deny is still live, so it can be forgotten.
-    pub expires_at: UnixTime,
+    /// Active, spent or revoked.
+    pub state: RefreshTokenState,
 }
 
 /// A signing key as stored: public half in the clear, private half encrypted
@@ -328,6 +288,12 @@ pub trait Store: Send + Sync + 'static {
     async fn change_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError>;
 }
 
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
 /// Which database a URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -350,41 +316,22 @@ impl Backend {
     }
 }
 
-/// Builds a migrator from migrations compiled into the binary, so a deployed
-/// `tessera` needs no files beside it: `(version, description, sql)`.
-fn embedded_migrator(migrations: &[(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {
-    use std::borrow::Cow;
-    let migrations = migrations
-        .iter()
-        .map(|&(version, description, sql)| {
-            sqlx::migrate::Migration::new(
-                version,
-                Cow::Borrowed(description),
-                sqlx::migrate::MigrationType::Simple,
-                Cow::Borrowed(sql),
-                false,
-            )
-        })
-        .collect::<Vec<_>>();
-    sqlx::migrate::Migrator {
-        migrations: Cow::Owned(migrations),
-        ..sqlx::migrate::Migrator::DEFAULT
-    }
-}
-
 /// Connects to the database `url` names, applying migrations when `migrate`.
 pub async fn connect(
     url: &str,
     max_connections: u32,
     migrate: bool,
 ) -> Result<Arc<dyn Store>, StoreError> {
-    let store = match Backend::of_url(url) {
-        Some(Backend::Postgres) => postgres::connect(url, max_connections).await?,
-        Some(Backend::Sqlite) => sqlite::connect(url, max_connections).await?,
-        None => return Err(StoreError::UnsupportedUrl),
+    let backend = Backend::of_url(url).ok_or(StoreError::UnsupportedUrl)?;
+    let (pool, migrator) = match backend {
+        Backend::Postgres => (
+            postgres::pool(url, max_connections).await?,
+            &postgres::MIGRATOR,
+        ),
+        Backend::Sqlite => (sqlite::pool(url, max_connections).await?, &sqlite::MIGRATOR),
     };
     if migrate {
-        store.migrate().await?;
+        migrator.run(&pool).await.map_err(StoreError::Migrate)?;
     }
-    Ok(Arc::new(store))
+    Ok(Arc::new(sql::SqlStore::new(pool, backend, url)))
 }

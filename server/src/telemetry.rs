@@ -1,11 +1,14 @@
-//! Logging to stderr (stdout is for command output), and OpenTelemetry span
-//! export over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! Logging to stderr (stdout is for command output), OpenTelemetry span
+//! export over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and the
+//! per-request span that joins a caller's W3C trace context.
 
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use opentelemetry::{propagation::Extractor, trace::TracerProvider as _};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// Flushes exported spans when dropped.
+#[derive(Debug)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
 }
@@ -45,6 +48,8 @@ pub fn init() -> Result<Telemetry, TelemetryError> {
         }
         None => None,
     };
+    // W3C `traceparent`/`tracestate`, read by `request_span`.
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let otel = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("tessera")));
@@ -54,4 +59,36 @@ pub fn init() -> Result<Telemetry, TelemetryError> {
         .with(otel)
         .init();
     Ok(Telemetry { provider })
+}
+
+/// Reads propagation headers from gRPC request metadata.
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// The span of one gRPC call, a child of the caller's span when the call
+/// carries W3C trace context.
+pub(crate) fn request_span(request: &http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "grpc.request",
+        otel.name = request.uri().path(),
+        otel.kind = "server",
+        rpc.system = "grpc",
+    );
+    if request.headers().contains_key("traceparent") {
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(request.headers()))
+        });
+        // Without the OpenTelemetry layer (no exporter) there is nothing to join.
+        let _ = span.set_parent(parent);
+    }
+    span
 }

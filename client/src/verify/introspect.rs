@@ -7,20 +7,18 @@
 //! briefly, failures not at all. Concurrent lookups of one token share one
 //! call.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use aws_lc_rs::digest;
+use parking_lot::Mutex;
 use tessera::pb::{IntrospectRequest, token_service_client::TokenServiceClient};
+use tessera_token::MAX_TOKEN_BYTES;
 use tokio::{sync::OnceCell, time::Instant};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 use tracing::Instrument;
 
-use super::{MAX_TOKEN_BYTES, VerifiedClaims, Verifier, VerifyError, VerifyMetrics};
+use super::{VerifiedClaims, Verifier, VerifyError, VerifyMetrics, unix_now};
 use crate::interceptor::AuthInterceptor;
 
 /// Cache bounds for [`IntrospectionVerifier`].
@@ -50,6 +48,7 @@ impl Default for IntrospectionConfig {
 type Key = [u8; 32];
 type Answer = Result<Arc<VerifiedClaims>, VerifyError>;
 
+#[derive(Debug)]
 struct Entry {
     answer: Answer,
     until: Instant,
@@ -57,6 +56,7 @@ struct Entry {
 
 /// Checks tokens by calling `Introspect`, authenticated by the service's own
 /// token (an [`AuthInterceptor`] on the channel).
+#[derive(Debug)]
 pub struct IntrospectionVerifier {
     client: TokenServiceClient<InterceptedService<Channel, AuthInterceptor>>,
     config: IntrospectionConfig,
@@ -84,10 +84,7 @@ impl IntrospectionVerifier {
     }
 
     fn cached(&self, key: &Key) -> Option<Answer> {
-        let cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cache = self.cache.lock();
         cache
             .get(key)
             .filter(|e| Instant::now() < e.until)
@@ -102,10 +99,7 @@ impl IntrospectionVerifier {
             Err(VerifyError::Inactive) => Instant::now() + self.config.negative_ttl,
             Err(VerifyError::Unavailable(_)) => return,
         };
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self.cache.lock();
         if cache.len() >= self.config.max_entries {
             let now = Instant::now();
             cache.retain(|_, e| now < e.until);
@@ -170,13 +164,7 @@ impl Verifier for IntrospectionVerifier {
                 answer
             }
             None => {
-                let cell = Arc::clone(
-                    self.inflight
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .entry(key)
-                        .or_default(),
-                );
+                let cell = Arc::clone(self.inflight.lock().entry(key).or_default());
                 let span = tracing::debug_span!("tessera.verify", via = "introspect");
                 let answer = cell
                     .get_or_init(|| async {
@@ -187,10 +175,7 @@ impl Verifier for IntrospectionVerifier {
                     .instrument(span)
                     .await
                     .clone();
-                let mut inflight = self
-                    .inflight
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut inflight = self.inflight.lock();
                 if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
                     inflight.remove(&key);
                 }
@@ -214,9 +199,5 @@ fn hash(token: &str) -> Key {
 
 /// Time left until a Unix-seconds expiry, by the local wall clock.
 fn until_expiry(exp: i64) -> Duration {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    Duration::from_secs(u64::try_from(exp).unwrap_or(0).saturating_sub(now))
+    Duration::from_secs(u64::try_from(exp.saturating_sub(unix_now())).unwrap_or(0))
 }

@@ -59,7 +59,7 @@ impl ScopeRules {
 }
 
 /// Verifies bearer tokens and enforces [`ScopeRules`].
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct VerifyLayer {
     verifier: Arc<dyn Verifier>,
     rules: Arc<ScopeRules>,
@@ -88,7 +88,7 @@ impl<S> Layer<S> for VerifyLayer {
 }
 
 /// The service [`VerifyLayer`] makes.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct VerifyService<S> {
     inner: S,
     verifier: Arc<dyn Verifier>,
@@ -139,11 +139,11 @@ async fn authorize(
 ) -> Result<Arc<VerifiedClaims>, Status> {
     let token = headers
         .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
+        .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))
+        .and_then(|value| {
+            tessera_token::bearer_token(value.as_bytes())
+                .map_err(|e| Status::unauthenticated(e.to_string()))
+        })?;
     let claims = verifier.verify(token).await.map_err(|e| match e {
         VerifyError::Inactive => {
             Status::unauthenticated("bearer token is invalid, expired or revoked")

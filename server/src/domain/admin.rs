@@ -1,12 +1,16 @@
-//! Administration behind the `tessera user` and `tessera client` commands.
+//! Administration behind the `tessera user` and `tessera client` commands
+//! (and the test harness, which sets up principals the same way).
+
+use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{
-    Audience, ClientId, Password, PasswordHasher, Policy, ScopeSet, SecretHash, Username, secrets,
-};
+use super::{HashError, HashingSettings, PasswordHasher, TokenSettings};
 use crate::{
-    clock::UnixTime,
+    model::{
+        Audience, ClientId, Clock, Password, ScopeSet, SecretHash, Username, new_client_secret,
+        random_id,
+    },
     store::{ClientRecord, Store, StoreError, UserRecord},
 };
 
@@ -24,7 +28,7 @@ pub enum AdminError {
     Store(StoreError),
     /// Hashing failed.
     #[error(transparent)]
-    Hash(#[from] super::HashError),
+    Hash(#[from] HashError),
 }
 
 fn store_error(what: String) -> impl FnOnce(StoreError) -> AdminError {
@@ -34,67 +38,87 @@ fn store_error(what: String) -> impl FnOnce(StoreError) -> AdminError {
     }
 }
 
-/// Creates a user; returns their stable id (the `sub` of their tokens).
-pub async fn add_user(
-    store: &dyn Store,
-    hasher: &PasswordHasher,
-    username: Username,
-    password: &Password,
-    scopes: ScopeSet,
-    audiences: Vec<Audience>,
-    now: UnixTime,
-) -> Result<String, AdminError> {
-    let user = UserRecord {
-        id: secrets::random_id(),
-        password_hash: hasher.hash(password).await?,
-        username,
-        scopes,
-        audiences,
-        disabled: false,
-    };
-    store
-        .insert_user(&user, now)
-        .await
-        .map_err(store_error(format!("user {}", user.username)))?;
-    Ok(user.id)
+/// User and client administration over a store.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    store: Arc<dyn Store>,
+    tokens: TokenSettings,
+    hashing: HashingSettings,
+    clock: Arc<dyn Clock>,
 }
 
-/// Disables a user and revokes all their tokens: sessions (so refresh tokens)
-/// in the store, access tokens through a subject entry in the revocation log
-/// that every replica follows.
-pub async fn disable_user(
-    store: &dyn Store,
-    policy: &Policy,
-    username: &Username,
-    now: UnixTime,
-) -> Result<String, AdminError> {
-    store
-        .disable_user(username, now, policy.revocation_expiry(now))
-        .await
-        .map_err(AdminError::Store)?
-        .ok_or_else(|| AdminError::UnknownUser(username.to_string()))
-}
+impl Admin {
+    /// Administration of `store`, with the deployment's token and hashing settings.
+    pub fn new(
+        store: Arc<dyn Store>,
+        tokens: TokenSettings,
+        hashing: HashingSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            tokens,
+            hashing,
+            clock,
+        }
+    }
 
-/// Creates a client; returns its new secret, which is shown once and stored
-/// only as a hash.
-pub async fn add_client(
-    store: &dyn Store,
-    id: ClientId,
-    scopes: ScopeSet,
-    audiences: Vec<Audience>,
-    now: UnixTime,
-) -> Result<SecretString, AdminError> {
-    let secret = secrets::new_client_secret();
-    let client = ClientRecord {
-        secret_hash: SecretHash::of(secret.expose_secret()),
-        id,
-        scopes,
-        audiences,
-        disabled: false,
-    };
-    store
-        .insert_client(&client, now)
-        .await
-        .map_err(store_error(format!("client {}", client.id)))?;
-    Ok(secret)
+    /// Creates a user; returns their stable id (the `sub` of their tokens).
+    pub async fn add_user(
+        &self,
+        username: Username,
+        password: &Password,
+        scopes: ScopeSet,
+        audiences: Vec<Audience>,
+    ) -> Result<String, AdminError> {
+        let hasher = PasswordHasher::new(&self.hashing)?;
+        let user = UserRecord {
+            id: random_id(),
+            password_hash: hasher.hash(password).await?,
+            username,
+            scopes,
+            audiences,
+            disabled: false,
+        };
+        self.store
+            .insert_user(&user, self.clock.now())
+            .await
+            .map_err(store_error(format!("user {}", user.username)))?;
+        Ok(user.id)
+    }
+
+    /// Disables a user and revokes all their tokens: sessions (so refresh
+    /// tokens) in the store, access tokens through a subject entry in the
+    /// revocation log that every replica follows.
+    pub async fn disable_user(&self, username: &Username) -> Result<String, AdminError> {
+        let now = self.clock.now();
+        self.store
+            .disable_user(username, now, self.tokens.revocation_expiry(now))
+            .await
+            .map_err(AdminError::Store)?
+            .ok_or_else(|| AdminError::UnknownUser(username.to_string()))
+    }
+
+    /// Creates a client; returns its new secret, which is shown once and
+    /// stored only as a hash.
+    pub async fn add_client(
+        &self,
+        id: ClientId,
+        scopes: ScopeSet,
+        audiences: Vec<Audience>,
+    ) -> Result<SecretString, AdminError> {
+        let secret = new_client_secret();
+        let client = ClientRecord {
+            secret_hash: SecretHash::of(secret.expose_secret()),
+            id,
+            scopes,
+            audiences,
+            disabled: false,
+        };
+        self.store
+            .insert_client(&client, self.clock.now())
+            .await
+            .map_err(store_error(format!("client {}", client.id)))?;
+        Ok(secret)
+    }
 }

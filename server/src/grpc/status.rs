@@ -1,58 +1,59 @@
 //! The one mapping from domain errors to `tonic::Status`. Callers get a
-//! stable, generic message; the log gets the cause chain. Nothing secret is
-//! in either: the domain errors carry no credentials.
+//! stable message that names what they sent wrong but nothing internal; the
+//! log gets the cause chain. Nothing secret is in either: the domain errors
+//! carry no credentials.
 
 use std::error::Error;
 
+use tessera_token::INTROSPECT_SCOPE;
 use tonic::Status;
 
-use crate::{domain::AuthError, store::StoreError};
+use crate::domain::AuthError;
 
 impl From<AuthError> for Status {
     fn from(e: AuthError) -> Self {
         match &e {
-            AuthError::InvalidInput(input) => Status::invalid_argument(input.to_string()),
-            AuthError::InvalidCredentials => Status::unauthenticated("invalid credentials"),
+            AuthError::InvalidInput(input) => Self::invalid_argument(input.to_string()),
+            AuthError::InvalidCredentials => Self::unauthenticated("invalid credentials"),
             AuthError::InvalidGrant => {
-                Status::unauthenticated("refresh token is invalid, expired or revoked")
+                Self::unauthenticated("refresh token is invalid, expired or revoked")
             }
             AuthError::MissingBearer => {
-                Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
+                Self::unauthenticated("missing `authorization: Bearer <token>` metadata")
             }
             AuthError::InvalidBearer => {
-                Status::unauthenticated("bearer token is invalid, expired or revoked")
+                Self::unauthenticated("bearer token is invalid, expired or revoked")
             }
-            AuthError::InsufficientScope => Status::permission_denied(format!(
-                "bearer token lacks the scope {}",
-                crate::domain::INTROSPECT_SCOPE
-            )),
-            AuthError::ScopeNotAllowed => {
-                Status::permission_denied("requested scope is not allowed")
+            AuthError::InsufficientScope => {
+                Self::permission_denied(format!("bearer token lacks the scope {INTROSPECT_SCOPE}"))
             }
-            AuthError::AudienceNotAllowed => {
-                Status::permission_denied("requested audience is not allowed")
+            AuthError::ScopeNotAllowed(scope) => {
+                Self::permission_denied(format!("scope {scope} is not allowed"))
+            }
+            AuthError::AudienceNotAllowed(audience) => {
+                Self::permission_denied(format!("audience {audience} is not allowed"))
             }
             AuthError::Throttled => {
-                Status::resource_exhausted("too many logins in progress; retry later")
+                Self::resource_exhausted("too many logins in progress; retry later")
             }
             AuthError::Stale => {
                 tracing::warn!("refusing to answer: revocation state is stale");
-                Status::unavailable("revocation state is stale; retry on another replica")
+                Self::unavailable("revocation state is stale; retry on another replica")
             }
-            AuthError::Store(StoreError::Unavailable(_)) => {
+            _ if e.is_unavailable() => {
                 tracing::error!(error = %chain(&e), "database unavailable");
-                Status::unavailable("database unavailable")
+                Self::unavailable("database unavailable")
             }
-            AuthError::Store(_) | AuthError::Keys(_) | AuthError::Hash(_) => {
+            _ => {
                 tracing::error!(error = %chain(&e), "internal error");
-                Status::internal("internal error")
+                Self::internal("internal error")
             }
         }
     }
 }
 
 /// `e: cause: cause...`, for logs.
-pub fn chain(e: &dyn Error) -> String {
+pub(crate) fn chain(e: &dyn Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

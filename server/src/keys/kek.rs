@@ -5,7 +5,7 @@ use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKe
 use base64::{Engine, engine::general_purpose::STANDARD};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::domain::secrets::random_bytes;
+use crate::model::random_bytes;
 
 /// Why a key-encryption key could not be used.
 #[derive(Debug, thiserror::Error)]

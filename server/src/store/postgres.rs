@@ -3,28 +3,26 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::{any::AnyPoolOptions, postgres::PgListener};
+use sqlx::{AnyPool, any::AnyPoolOptions, migrate::Migrator, postgres::PgListener};
 
-use super::{Backend, Change, ChangeFeed, StoreError, sql::SqlStore};
+use super::{Change, ChangeFeed, StoreError};
+
+/// The schema, compiled into the binary so a deployed `tessera` needs no
+/// files beside it.
+pub(super) static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// Channel notified (by a trigger) when revocation log entries commit.
-pub(super) const REVOCATIONS_CHANNEL: &str = "tessera_revocations";
+const REVOCATIONS_CHANNEL: &str = "tessera_revocations";
 /// Channel notified (by a trigger) when a signing key is added.
-pub(super) const KEYS_CHANNEL: &str = "tessera_keys";
+const KEYS_CHANNEL: &str = "tessera_keys";
 
-pub(super) async fn connect(url: &str, max_connections: u32) -> Result<SqlStore, StoreError> {
+pub(super) async fn pool(url: &str, max_connections: u32) -> Result<AnyPool, StoreError> {
     sqlx::any::install_default_drivers();
-    let pool = AnyPoolOptions::new()
+    Ok(AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect(url)
-        .await?;
-    let migrator = super::embedded_migrator(&[(
-        1,
-        "init",
-        include_str!("../../migrations/postgres/0001_init.sql"),
-    )]);
-    Ok(SqlStore::new(pool, Backend::Postgres, migrator, url))
+        .await?)
 }
 
 /// A dedicated LISTEN connection.
@@ -45,9 +43,13 @@ impl ChangeFeed for PgChangeFeed {
     async fn next(&mut self) -> Result<Change, StoreError> {
         // `try_recv` answers `None` when the connection dropped (it reconnects
         // on the next call): notifications may have been missed meanwhile.
-        match self.listener.try_recv().await? {
-            Some(n) => Ok(super::sql::change_for_channel(n.channel())),
-            None => Ok(Change::Unknown),
-        }
+        Ok(match self.listener.try_recv().await? {
+            Some(n) => match n.channel() {
+                REVOCATIONS_CHANNEL => Change::Revocations,
+                KEYS_CHANNEL => Change::Keys,
+                _ => Change::Unknown,
+            },
+            None => Change::Unknown,
+        })
     }
 }

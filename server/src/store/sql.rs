@@ -1,46 +1,38 @@
 //! The one implementation of [`Store`], over sqlx's `Any` driver: the SQL is
 //! portable between PostgreSQL and SQLite (`$n` placeholders, `RETURNING`,
 //! integer times, no booleans), and the few differences are asked of
-//! [`Backend`].
+//! [`Backend`]. Rows are read into private `*Row` structs and turned into
+//! records there, so a bad stored value is [`StoreError::Corrupt`], never a
+//! panic.
 
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::{AnyConnection, AnyPool, Row, any::AnyRow, migrate::Migrator};
+use sqlx::{AnyConnection, AnyPool, FromRow};
 
 use super::{
-    Backend, Change, ChangeFeed, ClientRecord, NewRefreshToken, NewSession, RefreshTokenRecord,
-    Revocation, RevocationKind, Store, StoreError, StoredKey, UserRecord, postgres,
+    Backend, ChangeFeed, ClientRecord, NewRefreshToken, NewSession, RefreshTokenRecord, Store,
+    StoreError, StoredKey, UserRecord, postgres,
 };
-use crate::{
-    clock::UnixTime,
-    domain::{Audience, ClientId, ScopeSet, SecretHash, Username},
+use crate::model::{
+    Audience, ClientId, InvalidInput, RefreshTokenState, Revocation, RevocationKind, ScopeSet,
+    SecretHash, UnixTime, Username,
 };
 
 /// A connection pool and what is needed to speak its backend's dialect.
-pub struct SqlStore {
+pub(super) struct SqlStore {
     pool: AnyPool,
     backend: Backend,
-    migrator: Migrator,
     /// Kept for the PostgreSQL LISTEN connection, which is not pooled.
     url: SecretString,
 }
 
 impl SqlStore {
-    pub(super) fn new(pool: AnyPool, backend: Backend, migrator: Migrator, url: &str) -> Self {
+    pub(super) fn new(pool: AnyPool, backend: Backend, url: &str) -> Self {
         Self {
             pool,
             backend,
-            migrator,
             url: SecretString::from(url),
         }
-    }
-
-    /// Applies pending migrations.
-    pub(super) async fn migrate(&self) -> Result<(), StoreError> {
-        self.migrator
-            .run(&self.pool)
-            .await
-            .map_err(StoreError::Migrate)
     }
 
     /// Appends to the revocation log inside the caller's transaction.
@@ -68,19 +60,17 @@ impl SqlStore {
     }
 }
 
-fn corrupt(what: &str) -> impl FnOnce(crate::domain::InvalidInput) -> StoreError + '_ {
+fn corrupt(what: &'static str) -> impl FnOnce(InvalidInput) -> StoreError {
     move |e| StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-fn scopes(row: &AnyRow, col: &str) -> Result<ScopeSet, StoreError> {
-    ScopeSet::parse_joined(&row.try_get::<String, _>(col)?).map_err(corrupt(col))
+fn scopes(joined: &str) -> Result<ScopeSet, StoreError> {
+    ScopeSet::parse_joined(joined).map_err(corrupt("scopes"))
 }
 
-fn audiences(row: &AnyRow) -> Result<Vec<Audience>, StoreError> {
-    row.try_get::<String, _>("audiences")?
-        .split(' ')
-        .filter(|s| !s.is_empty())
-        .map(|s| Audience::parse(s).map_err(corrupt("audiences")))
+fn audiences(joined: &str) -> Result<Vec<Audience>, StoreError> {
+    tessera_token::split_scopes(joined)
+        .map(|a| Audience::parse(a).map_err(corrupt("audiences")))
         .collect()
 }
 
@@ -89,21 +79,146 @@ fn join_audiences(audiences: &[Audience]) -> String {
     items.join(" ")
 }
 
-fn time(row: &AnyRow, col: &str) -> Result<UnixTime, StoreError> {
-    Ok(UnixTime::from_secs(row.try_get::<i64, _>(col)?))
+fn secret_hash(bytes: &[u8]) -> Result<SecretHash, StoreError> {
+    SecretHash::from_stored(bytes).ok_or_else(|| StoreError::Corrupt("secret hash".into()))
 }
 
-fn optional_time(row: &AnyRow, col: &str) -> Result<Option<UnixTime>, StoreError> {
-    Ok(row.try_get::<Option<i64>, _>(col)?.map(UnixTime::from_secs))
+#[derive(FromRow)]
+struct UserRow {
+    id: String,
+    username: String,
+    password_hash: String,
+    scopes: String,
+    audiences: String,
+    disabled_at: Option<i64>,
+}
+
+impl TryFrom<UserRow> for UserRecord {
+    type Error = StoreError;
+
+    fn try_from(row: UserRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            username: Username::parse(&row.username).map_err(corrupt("username"))?,
+            id: row.id,
+            password_hash: row.password_hash,
+            scopes: scopes(&row.scopes)?,
+            audiences: audiences(&row.audiences)?,
+            disabled: row.disabled_at.is_some(),
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct ClientRow {
+    id: String,
+    secret_hash: Vec<u8>,
+    scopes: String,
+    audiences: String,
+    disabled_at: Option<i64>,
+}
+
+impl TryFrom<ClientRow> for ClientRecord {
+    type Error = StoreError;
+
+    fn try_from(row: ClientRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: ClientId::parse(&row.id).map_err(corrupt("client id"))?,
+            secret_hash: secret_hash(&row.secret_hash)?,
+            scopes: scopes(&row.scopes)?,
+            audiences: audiences(&row.audiences)?,
+            disabled: row.disabled_at.is_some(),
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct RefreshTokenRow {
+    sid: String,
+    scopes: String,
+    issued_at: i64,
+    expires_at: i64,
+    spent_at: Option<i64>,
+    user_id: String,
+    audience: String,
+    revoked_at: Option<i64>,
+    username: String,
+}
+
+impl TryFrom<RefreshTokenRow> for RefreshTokenRecord {
+    type Error = StoreError;
+
+    fn try_from(row: RefreshTokenRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            username: Username::parse(&row.username).map_err(corrupt("username"))?,
+            audience: Audience::parse(&row.audience).map_err(corrupt("audience"))?,
+            scopes: scopes(&row.scopes)?,
+            issued_at: UnixTime::from_secs(row.issued_at),
+            expires_at: UnixTime::from_secs(row.expires_at),
+            state: RefreshTokenState::from_stored(
+                row.spent_at.map(UnixTime::from_secs),
+                row.revoked_at.is_some(),
+            ),
+            sid: row.sid,
+            user_id: row.user_id,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct RevocationRow {
+    id: i64,
+    kind: String,
+    value: String,
+    at: i64,
+    expires_at: i64,
+}
+
+impl TryFrom<RevocationRow> for (i64, Revocation) {
+    type Error = StoreError;
+
+    fn try_from(row: RevocationRow) -> Result<Self, StoreError> {
+        let entry = Revocation {
+            kind: RevocationKind::parse(&row.kind).map_err(corrupt("revocation kind"))?,
+            value: row.value,
+            at: UnixTime::from_secs(row.at),
+            expires_at: UnixTime::from_secs(row.expires_at),
+        };
+        Ok((row.id, entry))
+    }
+}
+
+#[derive(FromRow)]
+struct KeyRow {
+    kid: String,
+    alg: String,
+    public_jwk: String,
+    private_key: Vec<u8>,
+    created_at: i64,
+    activates_at: i64,
+}
+
+impl From<KeyRow> for StoredKey {
+    fn from(row: KeyRow) -> Self {
+        Self {
+            kid: row.kid,
+            alg: row.alg,
+            public_jwk: row.public_jwk,
+            encrypted_private_key: row.private_key,
+            created_at: UnixTime::from_secs(row.created_at),
+            activates_at: UnixTime::from_secs(row.activates_at),
+        }
+    }
 }
 
 #[async_trait]
 impl Store for SqlStore {
+    #[tracing::instrument(name = "db.ping", skip_all)]
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
+    #[tracing::instrument(name = "db.users.insert", skip_all)]
     async fn insert_user(&self, user: &UserRecord, now: UnixTime) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO users (id, username, password_hash, scopes, audiences, created_at) \
@@ -120,26 +235,20 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "db.users.find", skip_all)]
     async fn find_user(&self, username: &Username) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, password_hash, scopes, audiences, disabled_at FROM users WHERE username = $1",
+        sqlx::query_as::<_, UserRow>(
+            "SELECT id, username, password_hash, scopes, audiences, disabled_at \
+             FROM users WHERE username = $1",
         )
         .bind(username.as_str())
         .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(UserRecord {
-                id: row.try_get("id")?,
-                username: username.clone(),
-                password_hash: row.try_get("password_hash")?,
-                scopes: scopes(&row, "scopes")?,
-                audiences: audiences(&row)?,
-                disabled: optional_time(&row, "disabled_at")?.is_some(),
-            })
-        })
+        .await?
+        .map(UserRecord::try_from)
         .transpose()
     }
 
+    #[tracing::instrument(name = "db.users.disable", skip_all)]
     async fn disable_user(
         &self,
         username: &Username,
@@ -149,7 +258,7 @@ impl Store for SqlStore {
         let mut tx = self.pool.begin().await?;
         // A write first, so SQLite takes its write lock at once instead of
         // failing to upgrade a read snapshot under contention.
-        let Some(row) = sqlx::query(
+        let Some(id) = sqlx::query_scalar::<_, String>(
             "UPDATE users SET disabled_at = COALESCE(disabled_at, $2) WHERE username = $1 RETURNING id",
         )
         .bind(username.as_str())
@@ -159,7 +268,6 @@ impl Store for SqlStore {
         else {
             return Ok(None);
         };
-        let id: String = row.try_get("id")?;
         sqlx::query(
             "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
         )
@@ -178,6 +286,7 @@ impl Store for SqlStore {
         Ok(Some(id))
     }
 
+    #[tracing::instrument(name = "db.clients.insert", skip_all)]
     async fn insert_client(&self, client: &ClientRecord, now: UnixTime) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO clients (id, secret_hash, scopes, audiences, created_at) \
@@ -193,27 +302,19 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "db.clients.find", skip_all)]
     async fn find_client(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT secret_hash, scopes, audiences, disabled_at FROM clients WHERE id = $1",
+        sqlx::query_as::<_, ClientRow>(
+            "SELECT id, secret_hash, scopes, audiences, disabled_at FROM clients WHERE id = $1",
         )
         .bind(id.as_str())
         .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            let hash: Vec<u8> = row.try_get("secret_hash")?;
-            Ok(ClientRecord {
-                id: id.clone(),
-                secret_hash: SecretHash::from_stored(&hash)
-                    .ok_or_else(|| StoreError::Corrupt("client secret hash".into()))?,
-                scopes: scopes(&row, "scopes")?,
-                audiences: audiences(&row)?,
-                disabled: optional_time(&row, "disabled_at")?.is_some(),
-            })
-        })
+        .await?
+        .map(ClientRecord::try_from)
         .transpose()
     }
 
+    #[tracing::instrument(name = "db.sessions.create", skip_all)]
     async fn create_session(
         &self,
         session: &NewSession,
@@ -234,11 +335,12 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "db.refresh_tokens.find", skip_all)]
     async fn find_refresh_token(
         &self,
         hash: &SecretHash,
     ) -> Result<Option<RefreshTokenRecord>, StoreError> {
-        let row = sqlx::query(
+        sqlx::query_as::<_, RefreshTokenRow>(
             "SELECT t.sid, t.scopes, t.issued_at, t.expires_at, t.spent_at, \
                     s.user_id, s.audience, s.revoked_at, u.username \
              FROM refresh_tokens t \
@@ -248,24 +350,12 @@ impl Store for SqlStore {
         )
         .bind(hash.as_bytes().to_vec())
         .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(RefreshTokenRecord {
-                sid: row.try_get("sid")?,
-                user_id: row.try_get("user_id")?,
-                username: row.try_get("username")?,
-                audience: Audience::parse(&row.try_get::<String, _>("audience")?)
-                    .map_err(corrupt("audience"))?,
-                scopes: scopes(&row, "scopes")?,
-                issued_at: time(&row, "issued_at")?,
-                expires_at: time(&row, "expires_at")?,
-                spent_at: optional_time(&row, "spent_at")?,
-                session_revoked: optional_time(&row, "revoked_at")?.is_some(),
-            })
-        })
+        .await?
+        .map(RefreshTokenRecord::try_from)
         .transpose()
     }
 
+    #[tracing::instrument(name = "db.refresh_tokens.spend", skip_all)]
     async fn spend_refresh_token(
         &self,
         presented: &SecretHash,
@@ -275,7 +365,7 @@ impl Store for SqlStore {
         let mut tx = self.pool.begin().await?;
         // The whole race is decided here: concurrent exchanges of one token
         // queue on its row, and only the first still finds `spent_at IS NULL`.
-        let spent = sqlx::query(
+        let spent = sqlx::query_scalar::<_, String>(
             "UPDATE refresh_tokens SET spent_at = $2 \
              WHERE hash = $1 AND spent_at IS NULL AND expires_at > $2 \
                AND EXISTS (SELECT 1 FROM sessions s \
@@ -286,15 +376,15 @@ impl Store for SqlStore {
         .bind(now.as_secs())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(row) = spent else {
+        let Some(sid) = spent else {
             return Ok(false);
         };
-        let sid: String = row.try_get("sid")?;
         insert_refresh_token(&mut tx, &sid, successor).await?;
         tx.commit().await?;
         Ok(true)
     }
 
+    #[tracing::instrument(name = "db.refresh_tokens.add", skip_all)]
     async fn add_refresh_token(
         &self,
         sid: &str,
@@ -315,6 +405,7 @@ impl Store for SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
+    #[tracing::instrument(name = "db.sessions.revoke", skip_all)]
     async fn revoke_session(&self, entry: &Revocation) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let revoked = sqlx::query(
@@ -332,6 +423,7 @@ impl Store for SqlStore {
         Ok(true)
     }
 
+    #[tracing::instrument(name = "db.revocation_log.append", skip_all)]
     async fn append_revocation(&self, entry: &Revocation) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         self.insert_revocation(&mut tx, entry).await?;
@@ -339,13 +431,14 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "db.revocation_log.after", skip_all)]
     async fn revocations_after(
         &self,
         cursor: i64,
         now: UnixTime,
         limit: i64,
     ) -> Result<Vec<(i64, Revocation)>, StoreError> {
-        let rows = sqlx::query(
+        sqlx::query_as::<_, RevocationRow>(
             "SELECT id, kind, value, at, expires_at FROM revocation_log \
              WHERE id > $1 AND expires_at > $2 ORDER BY id LIMIT $3",
         )
@@ -353,20 +446,13 @@ impl Store for SqlStore {
         .bind(now.as_secs())
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let entry = Revocation {
-                    kind: RevocationKind::parse(&row.try_get::<String, _>("kind")?)?,
-                    value: row.try_get("value")?,
-                    at: time(row, "at")?,
-                    expires_at: time(row, "expires_at")?,
-                };
-                Ok((row.try_get("id")?, entry))
-            })
-            .collect()
+        .await?
+        .into_iter()
+        .map(TryFrom::try_from)
+        .collect()
     }
 
+    #[tracing::instrument(name = "db.signing_keys.insert", skip_all)]
     async fn insert_signing_key(&self, key: &StoredKey) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO signing_keys (kid, alg, public_jwk, private_key, created_at, activates_at) \
@@ -383,25 +469,17 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "db.signing_keys.all", skip_all)]
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as::<_, KeyRow>(
             "SELECT kid, alg, public_jwk, private_key, created_at, activates_at \
              FROM signing_keys ORDER BY activates_at, kid",
         )
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(StoredKey {
-                    kid: row.try_get("kid")?,
-                    alg: row.try_get("alg")?,
-                    public_jwk: row.try_get("public_jwk")?,
-                    encrypted_private_key: row.try_get("private_key")?,
-                    created_at: time(row, "created_at")?,
-                    activates_at: time(row, "activates_at")?,
-                })
-            })
-            .collect()
+        .await?
+        .into_iter()
+        .map(StoredKey::from)
+        .collect())
     }
 
     async fn change_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
@@ -432,13 +510,4 @@ async fn insert_refresh_token(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// Turns a push notification into a [`Change`].
-pub(super) fn change_for_channel(channel: &str) -> Change {
-    match channel {
-        postgres::REVOCATIONS_CHANNEL => Change::Revocations,
-        postgres::KEYS_CHANNEL => Change::Keys,
-        _ => Change::Unknown,
-    }
 }

@@ -4,13 +4,16 @@
 
 use std::time::Duration;
 
-use sqlx::{Executor, any::AnyPoolOptions};
+use sqlx::{AnyPool, Executor, any::AnyPoolOptions, migrate::Migrator};
 
-use super::{Backend, StoreError, sql::SqlStore};
+use super::StoreError;
 
-pub(super) async fn connect(url: &str, max_connections: u32) -> Result<SqlStore, StoreError> {
+/// The schema, compiled into the binary.
+pub(super) static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+pub(super) async fn pool(url: &str, max_connections: u32) -> Result<AnyPool, StoreError> {
     sqlx::any::install_default_drivers();
-    let pool = AnyPoolOptions::new()
+    Ok(AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .after_connect(|conn, _meta| {
@@ -24,11 +27,5 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<SqlStore,
             })
         })
         .connect(url)
-        .await?;
-    let migrator = super::embedded_migrator(&[(
-        1,
-        "init",
-        include_str!("../../migrations/sqlite/0001_init.sql"),
-    )]);
-    Ok(SqlStore::new(pool, Backend::Sqlite, migrator, url))
+        .await?)
 }

@@ -1,0 +1,120 @@
+//! One authentication step for both grants: credentials in, a [`Principal`]
+//! out, or one indistinguishable [`AuthError::InvalidCredentials`].
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{AuthError, Authority, Entitlement, PASSWORD_GRANT_CLIENT_ID};
+use crate::model::{Audience, ClientId, Password, ScopeSet, SecretHash, Username, random_id};
+
+/// Credentials presented to Issue.
+#[derive(Debug)]
+pub(crate) enum Credentials {
+    /// A user's name and password (password grant).
+    Password {
+        /// Who.
+        username: Username,
+        /// Their password.
+        password: Password,
+    },
+    /// A client's id and secret (client credentials grant).
+    ClientSecret {
+        /// Which client.
+        client_id: ClientId,
+        /// Its secret.
+        secret: SecretString,
+    },
+}
+
+/// Who authenticated, and what they may be granted.
+#[derive(Debug, Clone)]
+pub(crate) struct Principal {
+    /// `sub`: a user's stable id, or the client id.
+    pub subject: String,
+    /// `client_id`: the client, or [`PASSWORD_GRANT_CLIENT_ID`] for a user.
+    pub client_id: String,
+    /// True for a user (who gets a session and refresh tokens).
+    pub is_user: bool,
+    /// Scopes the principal may be granted.
+    pub scopes: ScopeSet,
+    /// Audiences the principal may ask for besides the server default.
+    pub audiences: Vec<Audience>,
+}
+
+impl Principal {
+    /// What a token for this principal carries, given the scopes and
+    /// audience asked for (empty scopes: all allowed; no audience: the
+    /// default), in session `sid`.
+    pub(crate) fn entitlement(
+        &self,
+        requested_scopes: &ScopeSet,
+        requested_audience: Option<Audience>,
+        default_audience: &Audience,
+        sid: String,
+    ) -> Result<Entitlement, AuthError> {
+        let scopes = self
+            .scopes
+            .narrow(requested_scopes)
+            .map_err(AuthError::ScopeNotAllowed)?;
+        let audience = match requested_audience {
+            None => default_audience.clone(),
+            Some(a) if a == *default_audience || self.audiences.contains(&a) => a,
+            Some(a) => return Err(AuthError::AudienceNotAllowed(a)),
+        };
+        Ok(Entitlement {
+            sub: self.subject.clone(),
+            client_id: self.client_id.clone(),
+            audience,
+            scopes,
+            sid,
+        })
+    }
+}
+
+impl Authority {
+    /// Checks credentials. Unknown, disabled and wrong all give the same
+    /// error after the same work: an unknown user's password is checked
+    /// against a dummy hash, an unknown client's secret against a dummy hash.
+    pub(super) async fn authenticate(
+        &self,
+        credentials: Credentials,
+    ) -> Result<Principal, AuthError> {
+        match credentials {
+            Credentials::Password { username, password } => {
+                let user = self.store.find_user(&username).await?;
+                let matches = self
+                    .hasher
+                    .verify(&password, user.as_ref().map(|u| u.password_hash.as_str()))
+                    .await?;
+                match user {
+                    Some(user) if matches && !user.disabled => Ok(Principal {
+                        subject: user.id,
+                        client_id: PASSWORD_GRANT_CLIENT_ID.to_owned(),
+                        is_user: true,
+                        scopes: user.scopes,
+                        audiences: user.audiences,
+                    }),
+                    _ => Err(AuthError::InvalidCredentials),
+                }
+            }
+            Credentials::ClientSecret { client_id, secret } => {
+                let client = self.store.find_client(&client_id).await?;
+                let presented = SecretHash::of(secret.expose_secret());
+                let expected = client
+                    .as_ref()
+                    .map_or_else(|| SecretHash::of(&random_id()), |c| c.secret_hash.clone());
+                match client {
+                    Some(client) if expected.matches(&presented) && !client.disabled => {
+                        Ok(Principal {
+                            subject: client.id.as_str().to_owned(),
+                            client_id: client.id.as_str().to_owned(),
+                            is_user: false,
+                            scopes: client.scopes,
+                            audiences: client.audiences,
+                        })
+                    }
+                    _ => Err(AuthError::InvalidCredentials),
+                }
+            }
+        }
+    }
+}

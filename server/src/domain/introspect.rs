@@ -1,0 +1,194 @@
+//! Introspect: RFC 7662, the hot path. Access tokens are answered from
+//! memory (key ring and revocation state); refresh tokens, which are opaque,
+//! are looked up.
+
+use std::{collections::HashMap, sync::Arc};
+
+use parking_lot::Mutex;
+use tessera_token::{AccessClaims, INTROSPECT_SCOPE, REFRESH_TOKEN_PREFIX};
+use tracing::instrument;
+
+use super::{AuthError, Authority, PASSWORD_GRANT_CLIENT_ID};
+use crate::model::{SecretHash, UnixTime};
+
+/// Bound on cached Introspect bearers (one per calling service instance, in practice).
+const MAX_CACHED_BEARERS: usize = 4096;
+
+/// Proof that an Introspect caller was authorized: [`Authority::introspect`]
+/// takes one, and only [`Authority::authorize_introspection`] makes one, so
+/// no caller can skip the check.
+#[derive(Debug)]
+pub(crate) struct IntrospectionPermit(());
+
+/// Which kind of token an answer is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// A JWT access token.
+    Access,
+    /// An opaque refresh token.
+    Refresh,
+}
+
+/// What is said about an active token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Access or refresh.
+    pub kind: TokenKind,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// The user's name: refresh tokens only (access tokens carry no
+    /// personal data, and Introspect does not look them up).
+    pub username: Option<String>,
+    /// Expiry.
+    pub exp: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// Not before.
+    pub nbf: i64,
+    /// Subject.
+    pub sub: String,
+    /// Audiences.
+    pub aud: Vec<String>,
+    /// Issuer.
+    pub iss: String,
+    /// Token id (access tokens).
+    pub jti: Option<String>,
+    /// Session id.
+    pub sid: String,
+}
+
+/// What Introspect reports.
+// Made once per call and moved straight into the response: boxing the
+// active case would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Introspection {
+    /// Invalid, expired, revoked or unknown: nothing more is said.
+    Inactive,
+    /// Active, with what is known of it.
+    Active(TokenInfo),
+}
+
+impl From<AccessClaims> for TokenInfo {
+    fn from(c: AccessClaims) -> Self {
+        Self {
+            kind: TokenKind::Access,
+            scopes: c.scopes().map(str::to_owned).collect(),
+            aud: c.aud.to_vec(),
+            client_id: c.client_id,
+            username: None,
+            exp: c.exp,
+            iat: c.iat,
+            nbf: c.nbf,
+            sub: c.sub,
+            iss: c.iss,
+            jti: Some(c.jti),
+            sid: c.sid,
+        }
+    }
+}
+
+/// Claims of Introspect callers' bearer tokens whose signature was already
+/// checked: a microservice presents the same bearer on every call, and a
+/// signature check costs far more than the rest of the call.
+#[derive(Debug, Default)]
+pub(super) struct BearerCache(Mutex<HashMap<String, Arc<AccessClaims>>>);
+
+impl BearerCache {
+    /// The cached claims of `token`, unless it expired by `now` (with `leeway`).
+    fn get(
+        &self,
+        token: &str,
+        now: UnixTime,
+        leeway: std::time::Duration,
+    ) -> Option<Arc<AccessClaims>> {
+        let cache = self.0.lock();
+        let claims = cache.get(token)?;
+        (claims.exp > now.minus(leeway).as_secs()).then(|| Arc::clone(claims))
+    }
+
+    fn insert(&self, token: &str, claims: &Arc<AccessClaims>) {
+        let mut cache = self.0.lock();
+        if cache.len() >= MAX_CACHED_BEARERS {
+            cache.clear();
+        }
+        cache.insert(token.to_owned(), Arc::clone(claims));
+    }
+}
+
+impl Authority {
+    /// Checks the bearer token of an Introspect call: active, and carrying
+    /// [`INTROSPECT_SCOPE`]. The permit it returns is what
+    /// [`Self::introspect`] needs.
+    pub(crate) fn authorize_introspection(
+        &self,
+        bearer: Option<&str>,
+    ) -> Result<IntrospectionPermit, AuthError> {
+        if !self.revocations.is_fresh() {
+            return Err(AuthError::Stale);
+        }
+        let token = bearer.ok_or(AuthError::MissingBearer)?;
+        let now = self.clock.now();
+        let claims = match self.bearers.get(token, now, self.settings.leeway) {
+            Some(claims) => claims,
+            None => {
+                let claims = Arc::new(
+                    self.verify_access_token(token, now)
+                        .ok_or(AuthError::InvalidBearer)?,
+                );
+                self.bearers.insert(token, &claims);
+                claims
+            }
+        };
+        // Revocation and scope are checked on every call, cached or not.
+        if self.is_revoked(&claims) {
+            return Err(AuthError::InvalidBearer);
+        }
+        if claims.has_scope(INTROSPECT_SCOPE) {
+            Ok(IntrospectionPermit(()))
+        } else {
+            Err(AuthError::InsufficientScope)
+        }
+    }
+
+    /// RFC 7662 introspection of `token`.
+    #[instrument(skip_all)]
+    pub(crate) async fn introspect(
+        &self,
+        _: IntrospectionPermit,
+        token: &str,
+    ) -> Result<Introspection, AuthError> {
+        let now = self.clock.now();
+        if token.starts_with(REFRESH_TOKEN_PREFIX) {
+            let record = self
+                .store
+                .find_refresh_token(&SecretHash::of(token))
+                .await?;
+            return Ok(match record {
+                Some(r) if r.state.is_active() && r.expires_at > now => {
+                    Introspection::Active(TokenInfo {
+                        kind: TokenKind::Refresh,
+                        scopes: r.scopes.iter().map(str::to_owned).collect(),
+                        client_id: PASSWORD_GRANT_CLIENT_ID.to_owned(),
+                        username: Some(r.username.as_str().to_owned()),
+                        exp: r.expires_at.as_secs(),
+                        iat: r.issued_at.as_secs(),
+                        nbf: r.issued_at.as_secs(),
+                        sub: r.user_id,
+                        aud: vec![r.audience.as_str().to_owned()],
+                        iss: self.settings.issuer.clone(),
+                        jti: None,
+                        sid: r.sid,
+                    })
+                }
+                _ => Introspection::Inactive,
+            });
+        }
+        Ok(match self.verify_access_token(token, now) {
+            Some(claims) if !self.is_revoked(&claims) => Introspection::Active(claims.into()),
+            _ => Introspection::Inactive,
+        })
+    }
+}

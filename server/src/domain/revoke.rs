@@ -1,0 +1,43 @@
+//! Revoke: RFC 7009. Possession of a token is the right to revoke it.
+
+use tessera_token::REFRESH_TOKEN_PREFIX;
+use tracing::instrument;
+
+use super::{AuthError, Authority};
+use crate::model::{RefreshTokenState, Revocation, RevocationKind, SecretHash, UnixTime};
+
+impl Authority {
+    /// Revokes a token. A refresh token ends its session (and the session's
+    /// access tokens); an access token only itself. Returns once the
+    /// revocation is durable and in force on this replica; unknown and
+    /// invalid tokens are a silent success (no oracle).
+    #[instrument(skip_all)]
+    pub(crate) async fn revoke(&self, token: &str) -> Result<(), AuthError> {
+        let now = self.clock.now();
+        if token.starts_with(REFRESH_TOKEN_PREFIX) {
+            let record = self
+                .store
+                .find_refresh_token(&SecretHash::of(token))
+                .await?;
+            if let Some(record) = record.filter(|r| r.state != RefreshTokenState::Revoked) {
+                self.revoke_session(&record.sid, now).await?;
+            }
+            return Ok(());
+        }
+        let Some(claims) = self.verify_access_token(token, now) else {
+            return Ok(());
+        };
+        if self.is_revoked(&claims) {
+            return Ok(());
+        }
+        let entry = Revocation {
+            kind: RevocationKind::Token,
+            value: claims.jti,
+            at: now,
+            expires_at: UnixTime::from_secs(claims.exp).plus(self.settings.leeway),
+        };
+        self.store.append_revocation(&entry).await?;
+        self.revocations.apply_local(&entry);
+        Ok(())
+    }
+}

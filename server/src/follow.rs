@@ -1,0 +1,116 @@
+//! Following the database: the background task that keeps this replica's
+//! revocation state and key ring in step with what every replica wrote.
+//! Woken at once by the change feed (PostgreSQL LISTEN/NOTIFY), and polling
+//! on a timer as the backstop, so a missed notification delays a change by
+//! at most one poll interval.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::time::{Instant, MissedTickBehavior, interval_at};
+
+use crate::{
+    keys::KeyRing,
+    model::Clock,
+    revocation::RevocationState,
+    store::{Change, ChangeFeed, Store, StoreError},
+};
+
+/// How long to wait for the LISTEN connection before polling on without it.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often to follow, and how often to re-read keys without a notification.
+#[derive(Debug, Clone, Copy)]
+pub struct FollowSettings {
+    /// Backstop poll of the revocation log.
+    pub poll_interval: Duration,
+    /// Backstop re-read of the signing keys.
+    pub key_refresh_interval: Duration,
+}
+
+/// Keeps a replica's in-memory state in step with the database.
+pub(crate) struct DatabaseFollower {
+    /// Source of truth.
+    pub(crate) store: Arc<dyn Store>,
+    /// Updated from the revocation log.
+    pub(crate) revocations: Arc<RevocationState>,
+    /// Updated from the signing keys table.
+    pub(crate) keys: Arc<KeyRing>,
+    /// Wall-clock time for expiry decisions.
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Intervals.
+    pub(crate) settings: FollowSettings,
+}
+
+impl DatabaseFollower {
+    /// Runs until the task is aborted.
+    pub(crate) async fn run(self) {
+        // The first ticks are one period out: start-up has just loaded keys
+        // and read the log.
+        let mut poll = every(self.settings.poll_interval);
+        let mut key_refresh = every(self.settings.key_refresh_interval);
+        let mut feed: Option<Box<dyn ChangeFeed>> = None;
+        // Whether the backend has a feed at all (SQLite does not).
+        let mut feed_supported = true;
+
+        loop {
+            if feed.is_none() && feed_supported {
+                // Bounded, so an unreachable database cannot stall polling.
+                match tokio::time::timeout(LISTEN_TIMEOUT, self.store.change_feed()).await {
+                    Ok(Ok(Some(f))) => {
+                        feed = Some(f);
+                        // Anything committed while we were not listening.
+                        self.sync_revocations().await;
+                        self.reload_keys().await;
+                    }
+                    Ok(Ok(None)) => feed_supported = false,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot listen for changes; polling only");
+                    }
+                    Err(_) => tracing::warn!("listening for changes timed out; polling only"),
+                }
+            }
+            tokio::select! {
+                _ = poll.tick() => self.sync_revocations().await,
+                _ = key_refresh.tick() => self.reload_keys().await,
+                change = next_change(&mut feed) => match change {
+                    Ok(Change::Revocations) => self.sync_revocations().await,
+                    Ok(Change::Keys) => self.reload_keys().await,
+                    Ok(Change::Unknown) => {
+                        self.sync_revocations().await;
+                        self.reload_keys().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "change feed lost; reconnecting at the next poll");
+                        feed = None;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn sync_revocations(&self) {
+        if let Err(e) = self.revocations.sync(&*self.store, self.clock.now()).await {
+            tracing::warn!(error = %e, "cannot read the revocation log");
+        }
+    }
+
+    async fn reload_keys(&self) {
+        if let Err(e) = self.keys.reload(&*self.store, self.clock.now()).await {
+            tracing::warn!(error = %e, "cannot reload signing keys");
+        }
+    }
+}
+
+fn every(period: Duration) -> tokio::time::Interval {
+    let mut ticks = interval_at(Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticks
+}
+
+/// The next change from the feed, or never when there is no feed.
+async fn next_change(feed: &mut Option<Box<dyn ChangeFeed>>) -> Result<Change, StoreError> {
+    match feed {
+        Some(feed) => feed.next().await,
+        None => std::future::pending().await,
+    }
+}

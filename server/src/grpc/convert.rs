@@ -1,0 +1,133 @@
+//! Protobuf ↔ domain: requests are validated into domain types here, and
+//! answers turned back into messages.
+
+use secrecy::{ExposeSecret, SecretString};
+use tessera::pb::{
+    IntrospectResponse, IssueRequest, IssueResponse, RefreshResponse,
+    issue_request::Grant as PbGrant,
+};
+use tessera_token::MAX_TOKEN_BYTES;
+use tonic::metadata::MetadataMap;
+
+use crate::{
+    domain::{AuthError, Credentials, Introspection, IssueCommand, TokenKind, Tokens},
+    model::{Audience, ClientId, InvalidInput, Password, ScopeSet, Username},
+};
+
+/// Longest client secret accepted (Tessera's are 47 bytes).
+const MAX_CLIENT_SECRET_BYTES: usize = 256;
+
+/// `token`, unless it is empty (`missing` says which field) or over 8 KiB.
+pub(super) fn required_token(token: String, missing: &'static str) -> Result<String, AuthError> {
+    if token.is_empty() {
+        return Err(InvalidInput::new(missing).into());
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(InvalidInput::new("token is larger than 8 KiB").into());
+    }
+    Ok(token)
+}
+
+/// The token of `authorization: Bearer <token>`, if the header is present.
+pub(super) fn bearer_token(metadata: &MetadataMap) -> Result<Option<&str>, tonic::Status> {
+    metadata
+        .get("authorization")
+        .map(|value| {
+            tessera_token::bearer_token(value.as_bytes())
+                .map_err(|e| tonic::Status::unauthenticated(e.to_string()))
+        })
+        .transpose()
+}
+
+impl TryFrom<IssueRequest> for IssueCommand {
+    type Error = AuthError;
+
+    fn try_from(request: IssueRequest) -> Result<Self, Self::Error> {
+        let credentials = match request.grant {
+            None => {
+                return Err(InvalidInput::new(
+                    "a password or client_credentials grant is required",
+                )
+                .into());
+            }
+            Some(PbGrant::Password(p)) => Credentials::Password {
+                username: Username::parse(&p.username)?,
+                password: Password::parse(SecretString::from(p.password))?,
+            },
+            Some(PbGrant::ClientCredentials(c)) => {
+                if c.client_secret.is_empty() {
+                    return Err(InvalidInput::new("client_secret is required").into());
+                }
+                if c.client_secret.len() > MAX_CLIENT_SECRET_BYTES {
+                    return Err(InvalidInput::new(format!(
+                        "client_secret is longer than {MAX_CLIENT_SECRET_BYTES} bytes"
+                    ))
+                    .into());
+                }
+                Credentials::ClientSecret {
+                    client_id: ClientId::parse(&c.client_id)?,
+                    secret: SecretString::from(c.client_secret),
+                }
+            }
+        };
+        let audience = match request.audience.as_str() {
+            "" => None,
+            a => Some(Audience::parse(a)?),
+        };
+        Ok(Self {
+            credentials,
+            scopes: ScopeSet::parse_list(&request.scopes)?,
+            audience,
+        })
+    }
+}
+
+/// Issue and Refresh answer with the same fields.
+macro_rules! token_response {
+    ($response:ty) => {
+        impl From<Tokens> for $response {
+            fn from(t: Tokens) -> Self {
+                Self {
+                    access_token: t.access_token,
+                    token_type: "Bearer".into(),
+                    expires_in: t.expires_in,
+                    refresh_token: t
+                        .refresh_token
+                        .map(|r| r.expose_secret().to_owned())
+                        .unwrap_or_default(),
+                    refresh_expires_in: t.refresh_expires_in,
+                    scopes: t.scopes.iter().map(str::to_owned).collect(),
+                }
+            }
+        }
+    };
+}
+token_response!(IssueResponse);
+token_response!(RefreshResponse);
+
+impl From<Introspection> for IntrospectResponse {
+    fn from(answer: Introspection) -> Self {
+        let Introspection::Active(info) = answer else {
+            return Self::default();
+        };
+        Self {
+            active: true,
+            scopes: info.scopes,
+            client_id: info.client_id,
+            username: info.username.unwrap_or_default(),
+            token_type: match info.kind {
+                TokenKind::Access => "access_token",
+                TokenKind::Refresh => "refresh_token",
+            }
+            .into(),
+            exp: info.exp,
+            iat: info.iat,
+            nbf: info.nbf,
+            sub: info.sub,
+            aud: info.aud,
+            iss: info.iss,
+            jti: info.jti.unwrap_or_default(),
+            sid: info.sid,
+        }
+    }
+}

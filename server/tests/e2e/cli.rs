@@ -1,0 +1,214 @@
+//! The `tessera` binary as an operator runs it: admin commands, `serve`,
+//! and shutdown on SIGTERM. Uses the embedded SQLite default in a temp folder.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use tessera::pb::{
+    ClientCredentialsGrant, IssueRequest, PasswordGrant, issue_request::Grant,
+    token_service_client::TokenServiceClient,
+};
+use tokio::time::Instant;
+
+fn tessera(data_dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("TESSERA_DATABASE_URL")
+        .env_remove("TESSERA_KEY_ENCRYPTION_KEY")
+        .env("RUST_LOG", "info");
+    command
+}
+
+fn run_with_stdin(command: &mut Command, stdin: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Starts `tessera serve` on a free port; returns it and the address it logged.
+fn serve(data_dir: &std::path::Path) -> (Child, String) {
+    let mut child = tessera(data_dir)
+        .args(["serve", "--listen-addr", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("serve exited early").unwrap();
+        if let Some((_, addr)) = line.split_once("serving tessera.v1.TokenService addr=") {
+            break addr.trim().to_owned();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(|l| eprintln!("server: {}", l.unwrap_or_default())));
+    (child, addr)
+}
+
+fn issue(grant: Grant) -> IssueRequest {
+    IssueRequest {
+        grant: Some(grant),
+        scopes: Vec::new(),
+        audience: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn an_operator_adds_principals_serves_and_stops_with_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let client = tessera(dir.path())
+        .args(["client", "add", "billing", "--scope", "invoices:read"])
+        .output()
+        .unwrap();
+    assert!(
+        client.status.success(),
+        "{}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    let stdout = String::from_utf8(client.stdout).unwrap();
+    let secret = stdout.lines().last().unwrap().to_owned();
+    assert!(
+        secret.starts_with("tsc_") && !secret.contains(' '),
+        "last line is not the secret: {stdout:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&client.stderr).contains(&secret),
+        "secret logged"
+    );
+
+    let user = run_with_stdin(
+        tessera(dir.path()).args(["user", "add", "alice", "--scope", "read"]),
+        "hunter2 with spaces\n",
+    );
+    assert!(
+        user.status.success(),
+        "{}",
+        String::from_utf8_lossy(&user.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&user.stderr).contains("hunter2"));
+
+    let duplicate = run_with_stdin(
+        tessera(dir.path()).args(["user", "add", "alice", "--scope", "read"]),
+        "x\n",
+    );
+    assert!(!duplicate.status.success());
+    assert!(String::from_utf8_lossy(&duplicate.stderr).contains("already exists"));
+
+    let (mut server, addr) = serve(dir.path());
+
+    // The embedded default generated its key-encryption key privately.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("key-encryption-key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    let mut api = TokenServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let tokens = api
+        .issue(issue(Grant::Password(PasswordGrant {
+            username: "alice".into(),
+            password: "hunter2 with spaces".into(),
+        })))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!tokens.refresh_token.is_empty());
+    let service = api
+        .issue(issue(Grant::ClientCredentials(ClientCredentialsGrant {
+            client_id: "billing".into(),
+            client_secret: secret,
+        })))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(service.scopes, ["invoices:read"]);
+
+    let terminated = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "serve ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "serve exited with {status}");
+}
+
+#[test]
+fn keys_rotate_publishes_a_key_that_signs_later_and_keys_list_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rotate = tessera(dir.path())
+        .args(["keys", "rotate", "--activate-in", "1h"])
+        .output()
+        .unwrap();
+    assert!(
+        rotate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotate.stderr)
+    );
+    let list = tessera(dir.path()).args(["keys", "list"]).output().unwrap();
+    let list = String::from_utf8(list.stdout).unwrap();
+    assert!(list.contains("signing"), "{list}");
+    assert!(list.contains("next (published)"), "{list}");
+}
+
+#[test]
+fn serve_on_postgres_without_a_key_encryption_key_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tessera(dir.path())
+        .args(["serve", "--listen-addr", "127.0.0.1:0"])
+        .env(
+            "TESSERA_DATABASE_URL",
+            "postgres://nobody:secret-password@127.0.0.1:1/none",
+        )
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("TESSERA_KEY_ENCRYPTION_KEY"), "{stderr}");
+    assert!(
+        !stderr.contains("secret-password"),
+        "database password leaked: {stderr}"
+    );
+}
+
+#[test]
+fn user_add_refuses_a_password_over_1024_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_with_stdin(
+        tessera(dir.path()).args(["user", "add", "alice", "--scope", "read"]),
+        &format!("{}\n", "x".repeat(1025)),
+    );
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("1024"));
+}

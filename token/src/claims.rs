@@ -1,0 +1,102 @@
+//! The payload of a Tessera access token (RFC 9068 §2.2).
+
+use serde::{Deserialize, Serialize};
+
+/// The claims of a Tessera access token. Every field is required when
+/// verifying: a token missing one, or carrying one with another type, is
+/// not a Tessera token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessClaims {
+    /// Issuer.
+    pub iss: String,
+    /// The user's stable id, or the client id. Never a username.
+    pub sub: String,
+    /// Audience: one name or a list.
+    pub aud: Audience,
+    /// Expiry (Unix seconds).
+    pub exp: i64,
+    /// Issued at (Unix seconds).
+    pub iat: i64,
+    /// Not before (Unix seconds).
+    pub nbf: i64,
+    /// Unique token id; what a single-token revocation names.
+    pub jti: String,
+    /// The OAuth client the token was issued to.
+    pub client_id: String,
+    /// Space-separated scopes (RFC 6749 §3.3).
+    pub scope: String,
+    /// Session id; what a session revocation names.
+    pub sid: String,
+}
+
+impl AccessClaims {
+    /// The granted scopes.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        split_scopes(&self.scope)
+    }
+
+    /// True when the token grants `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes().any(|s| s == scope)
+    }
+}
+
+/// The scopes of a space-separated scope string (RFC 6749 §3.3). The one
+/// place that splits one.
+pub fn split_scopes(joined: &str) -> impl Iterator<Item = &str> {
+    joined.split(' ').filter(|s| !s.is_empty())
+}
+
+/// The `aud` claim: one string or a list of strings (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Audience {
+    /// A single audience, as Tessera writes it.
+    One(String),
+    /// A list of audiences.
+    Many(Vec<String>),
+}
+
+impl Audience {
+    /// The audiences, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let slice = match self {
+            Self::One(one) => std::slice::from_ref(one),
+            Self::Many(many) => many.as_slice(),
+        };
+        slice.iter().map(String::as_str)
+    }
+
+    /// True when `audience` is one of them.
+    pub fn contains(&self, audience: &str) -> bool {
+        self.iter().any(|a| a == audience)
+    }
+
+    /// The audiences as a list.
+    pub fn to_vec(&self) -> Vec<String> {
+        self.iter().map(str::to_owned).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_split_on_spaces_and_skip_empty_items() {
+        assert_eq!(
+            split_scopes(" read  write ").collect::<Vec<_>>(),
+            ["read", "write"]
+        );
+        assert_eq!(split_scopes("").count(), 0);
+    }
+
+    #[test]
+    fn an_audience_is_one_string_or_a_list() {
+        let one: Audience = serde_json::from_str(r#""api""#).unwrap();
+        let many: Audience = serde_json::from_str(r#"["api","billing"]"#).unwrap();
+        assert!(one.contains("api") && !one.contains("billing"));
+        assert!(many.contains("billing"));
+        assert!(serde_json::from_str::<Audience>("42").is_err());
+    }
+}

@@ -1,0 +1,221 @@
+//! Keys as the token profile uses them: a [`SigningKey`] from a PKCS#8
+//! private key, a [`VerifyingKey`] from a public JWK. Neither `Debug`
+//! prints key material.
+
+use std::fmt;
+
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair,
+};
+use jsonwebtoken::{DecodingKey, EncodingKey, Header, jwk::Jwk};
+
+use crate::{ACCESS_TOKEN_TYPE, AccessClaims, Algorithm};
+
+/// Why a key could not be made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The private key is not a valid PKCS#8 key for its algorithm.
+    #[error("invalid {0} private key")]
+    Private(Algorithm),
+    /// The JWK is not a public key Tessera can verify with.
+    #[error("unusable JWK: {0}")]
+    Jwk(String),
+    /// Signing failed.
+    #[error("signing failed: {0}")]
+    Sign(String),
+}
+
+/// A private key that signs access tokens under its `kid`.
+pub struct SigningKey {
+    kid: String,
+    alg: Algorithm,
+    encoding: EncodingKey,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// A key from its PKCS#8 DER form, checked to be a key of `alg`.
+    pub fn from_pkcs8(kid: &str, alg: Algorithm, pkcs8: &[u8]) -> Result<Self, KeyError> {
+        let invalid = |_| KeyError::Private(alg);
+        let encoding = match alg {
+            Algorithm::Es256 => {
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
+                    .map_err(invalid)?;
+                EncodingKey::from_ec_der(pkcs8)
+            }
+            Algorithm::EdDsa => {
+                Ed25519KeyPair::from_pkcs8(pkcs8).map_err(invalid)?;
+                EncodingKey::from_ed_der(pkcs8)
+            }
+            Algorithm::Rs256 => {
+                // jsonwebtoken wants the PKCS#1 RSAPrivateKey inside the PKCS#8 wrapper.
+                let pkcs1 = pkcs8_inner_key(pkcs8).ok_or(KeyError::Private(alg))?;
+                RsaKeyPair::from_der(pkcs1).map_err(invalid)?;
+                EncodingKey::from_rsa_der(pkcs1)
+            }
+        };
+        Ok(Self {
+            kid: kid.to_owned(),
+            alg,
+            encoding,
+        })
+    }
+
+    /// The key id written as `kid`.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The one algorithm this key signs with.
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// `claims` as a signed RFC 9068 access token.
+    pub fn sign(&self, claims: &AccessClaims) -> Result<String, KeyError> {
+        let mut header = Header::new(self.alg.jwt());
+        header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .map_err(|e| KeyError::Sign(e.to_string()))
+    }
+
+    /// Signs arbitrary bytes (a JWS signing input), base64url-encoded: for
+    /// tests that build tokens by hand.
+    pub fn sign_raw(&self, message: &[u8]) -> Result<String, KeyError> {
+        jsonwebtoken::crypto::sign(message, &self.encoding, self.alg.jwt())
+            .map_err(|e| KeyError::Sign(e.to_string()))
+    }
+}
+
+/// A public key that checks signatures made under its `kid`.
+pub struct VerifyingKey {
+    kid: String,
+    alg: Algorithm,
+    decoding: DecodingKey,
+}
+
+impl fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyingKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifyingKey {
+    /// A key from a public JWK, which must name its `kid` and an `alg`
+    /// Tessera signs with (the algorithm is pinned to the key, never taken
+    /// from a token).
+    pub fn from_jwk(jwk: &Jwk) -> Result<Self, KeyError> {
+        let kid = jwk
+            .common
+            .key_id
+            .clone()
+            .ok_or_else(|| KeyError::Jwk("no kid".into()))?;
+        let alg = jwk
+            .common
+            .key_algorithm
+            .ok_or_else(|| KeyError::Jwk("no alg".into()))?;
+        let alg: Algorithm = alg
+            .to_string()
+            .parse()
+            .map_err(|e: crate::UnknownAlgorithm| KeyError::Jwk(e.to_string()))?;
+        let decoding = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Jwk(e.to_string()))?;
+        Ok(Self { kid, alg, decoding })
+    }
+
+    /// A key from a public JWK in JSON form.
+    pub fn from_jwk_json(json: &str) -> Result<Self, KeyError> {
+        let jwk: Jwk = serde_json::from_str(json).map_err(|e| KeyError::Jwk(e.to_string()))?;
+        Self::from_jwk(&jwk)
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The one algorithm this key verifies.
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    pub(crate) fn verifies(&self, message: &[u8], signature: &str) -> bool {
+        jsonwebtoken::crypto::verify(signature, message, &self.decoding, self.alg.jwt())
+            .unwrap_or(false)
+    }
+}
+
+/// The `privateKey` OCTET STRING of a PKCS#8 `PrivateKeyInfo`:
+/// `SEQUENCE { INTEGER version, SEQUENCE algorithm, OCTET STRING privateKey, ... }`.
+fn pkcs8_inner_key(der: &[u8]) -> Option<&[u8]> {
+    let (tag, body, _) = der_element(der)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, _, rest) = der_element(body)?;
+    if tag != 0x02 {
+        return None;
+    }
+    let (tag, _, rest) = der_element(rest)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, key, _) = der_element(rest)?;
+    (tag == 0x04).then_some(key)
+}
+
+/// Splits one DER element off `input`: (tag, contents, remainder).
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_not_a_private_key_of_any_algorithm() {
+        for alg in Algorithm::ALL {
+            assert!(SigningKey::from_pkcs8("k", alg, b"not a key").is_err());
+        }
+    }
+
+    #[test]
+    fn a_jwk_without_kid_or_alg_or_with_a_foreign_alg_is_refused() {
+        let point = r#""kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRjmz3Dt0xqvZkj89Cwy8nwVqSfYyMzJo6M2LyQ""#;
+        assert!(VerifyingKey::from_jwk_json(&format!(r#"{{{point},"alg":"ES256"}}"#)).is_err());
+        assert!(VerifyingKey::from_jwk_json(&format!(r#"{{{point},"kid":"k"}}"#)).is_err());
+        assert!(
+            VerifyingKey::from_jwk_json(&format!(r#"{{{point},"kid":"k","alg":"ES384"}}"#))
+                .is_err()
+        );
+        let key = VerifyingKey::from_jwk_json(&format!(r#"{{{point},"kid":"k","alg":"ES256"}}"#))
+            .unwrap();
+        assert_eq!((key.kid(), key.algorithm()), ("k", Algorithm::Es256));
+    }
+}
