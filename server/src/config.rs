@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use tessera_token::Algorithm;
 
 use crate::{
-    domain::{HashingSettings, TokenSettings},
+    domain::{HashingSettings, MAX_REFRESH_REUSE_GRACE, TokenSettings},
     follow::FollowSettings,
     model::Audience,
 };
@@ -134,6 +134,12 @@ impl Settings {
         }
         if self.tokens.refresh_token_ttl < Duration::from_secs(1) {
             return invalid("TESSERA_REFRESH_TOKEN_TTL", "must be at least 1s");
+        }
+        if self.tokens.refresh_reuse_grace > MAX_REFRESH_REUSE_GRACE {
+            return invalid(
+                "TESSERA_REFRESH_REUSE_GRACE",
+                "must be at most 60s: a longer window only helps a thief",
+            );
         }
         if self.revocation_stale_after <= self.follow.poll_interval {
             return invalid(

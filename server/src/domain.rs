@@ -41,6 +41,7 @@ pub(crate) use hashing::{HashError, PasswordHasher};
 pub(crate) use introspect::{Introspection, TokenKind};
 pub(crate) use issue::IssueCommand;
 pub(crate) use mint::{Entitlement, Tokens};
+pub(crate) use settings::MAX_REFRESH_REUSE_GRACE;
 pub use settings::TokenSettings;
 
 /// The `client_id` written into tokens obtained with a password grant, which

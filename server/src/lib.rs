@@ -39,13 +39,15 @@ pub use follow::FollowSettings;
 pub use grpc::MAX_REQUEST_BYTES;
 pub use keys::{Kek, KekError, KeyError, KeyState, add_key, key_states};
 pub use model::{
-    Audience, ClientId, Clock, InvalidInput, ManualClock, Password, RefreshTokenState, Revocation,
-    RevocationKind, Scope, ScopeSet, SecretHash, SystemClock, UnixTime, Username, random_id,
+    Audience, ClientId, Clock, ExchangeRules, InvalidInput, ManualClock, Password,
+    RefreshTokenState, Revocation, RevocationKind, Scope, ScopeSet, SecretHash, SystemClock,
+    UnixTime, Username, random_id,
 };
 pub use startup::{Application, StartupError, load_kek, open_admin, open_store, shutdown_signal};
 pub use store::{
-    Backend, ClientRecord, NewRefreshToken, NewSession, RefreshTokenRecord, Store, StoreError,
-    StoredKey, UserRecord, connect as connect_store,
+    Backend, ClientRecord, Exchange, ExchangeRequest, NewRefreshToken, NewSession,
+    RefreshTokenRecord, Store, StoreError, StoredKey, Successor, UserRecord,
+    connect as connect_store,
 };
 pub use telemetry::{Telemetry, TelemetryError, init as init_telemetry};
 pub use tessera_token::Algorithm;

@@ -11,7 +11,7 @@ mod time;
 
 pub use names::{Audience, ClientId, Scope, ScopeSet, Username};
 pub(crate) use refresh::Presentation;
-pub use refresh::RefreshTokenState;
+pub use refresh::{ExchangeRules, RefreshTokenState};
 pub use revocation::{Revocation, RevocationKind};
 pub use secrets::{Password, SecretHash, random_id};
 pub(crate) use secrets::{new_client_secret, new_refresh_token, random_bytes};

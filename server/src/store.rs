@@ -13,7 +13,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::model::{
-    Audience, ClientId, RefreshTokenState, Revocation, ScopeSet, SecretHash, UnixTime, Username,
+    Audience, ClientId, ExchangeRules, RefreshTokenState, Revocation, Scope, ScopeSet, SecretHash,
+    UnixTime, Username,
 };
 
 mod postgres;
@@ -56,6 +57,18 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict,
+            // SQLite: busy or locked past the busy timeout, read-only, I/O
+            // error, disk full, cannot open: nothing was written, and the
+            // write may succeed later or elsewhere.
+            sqlx::Error::Database(db)
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+                    && db
+                        .code()
+                        .and_then(|code| code.parse::<i32>().ok())
+                        .is_some_and(|code| matches!(code & 0xff, 5 | 6 | 8 | 10 | 13 | 14)) =>
+            {
+                Self::Unavailable(e)
+            }
             // SQLSTATE classes 08 (connection exception), 53 (insufficient
             // resources, e.g. too many connections) and 57P (operator
             // intervention: shutdown, database not accepting connections).
@@ -121,7 +134,8 @@ pub struct NewSession {
     pub created_at: UnixTime,
 }
 
-/// A refresh token about to be stored (only its hash is kept).
+/// The first refresh token of a session, about to be stored (only its hash
+/// is kept).
 #[derive(Debug, Clone)]
 pub struct NewRefreshToken {
     /// SHA-256 of the token.
@@ -132,6 +146,61 @@ pub struct NewRefreshToken {
     pub issued_at: UnixTime,
     /// When it stops being usable.
     pub expires_at: UnixTime,
+}
+
+/// The successor an exchange stores: it keeps the presented token's scopes
+/// (RFC 6749 §6), whatever the access token was narrowed to.
+#[derive(Debug, Clone)]
+pub struct Successor {
+    /// SHA-256 of the new token.
+    pub hash: SecretHash,
+    /// When it was issued.
+    pub issued_at: UnixTime,
+    /// When it stops being usable.
+    pub expires_at: UnixTime,
+}
+
+/// A refresh token presented to Refresh, and how to judge it.
+#[derive(Debug, Clone)]
+pub struct ExchangeRequest<'a> {
+    /// SHA-256 of the presented token.
+    pub presented: &'a SecretHash,
+    /// Scopes asked for the new access token; empty keeps the token's.
+    pub requested_scopes: &'a ScopeSet,
+    /// The successor to store if the exchange succeeds.
+    pub successor: &'a Successor,
+    /// The replica's time, for expiry.
+    pub now: UnixTime,
+    /// Grace window and replay bound.
+    pub rules: ExchangeRules,
+    /// When a session revocation made for detected theft can be forgotten.
+    pub theft_revocation_expires_at: UnixTime,
+}
+
+/// What an exchange did, decided and written in one transaction.
+#[derive(Debug, Clone)]
+pub enum Exchange {
+    /// The successor is stored (a rotation, or a replay inside the grace
+    /// window that superseded the previous successor). The record is the
+    /// presented token's.
+    Issued {
+        /// The presented token, with its session.
+        record: RefreshTokenRecord,
+        /// True for a replay.
+        replay: bool,
+    },
+    /// A spent or superseded token presented again: the session was revoked
+    /// and this entry appended to the revocation log.
+    TheftDetected {
+        /// The presented token, with its session.
+        record: RefreshTokenRecord,
+        /// The session revocation written.
+        revocation: Revocation,
+    },
+    /// A scope the token does not hold was asked for; nothing was written.
+    ScopeNotAllowed(Scope),
+    /// Unknown, expired or revoked; nothing was written.
+    Refused,
 }
 
 /// A stored refresh token with what is known of its session and user.
@@ -151,7 +220,7 @@ pub struct RefreshTokenRecord {
     pub issued_at: UnixTime,
     /// When it stops being usable.
     pub expires_at: UnixTime,
-    /// Active, spent or revoked.
+    /// Active, spent, superseded or revoked.
     pub state: RefreshTokenState,
 }
 
@@ -214,9 +283,11 @@ pub trait Store: Send + Sync + 'static {
     /// Looks a user up by name.
     async fn find_user(&self, username: &Username) -> Result<Option<UserRecord>, StoreError>;
 
-    /// Disables a user, revokes every session of theirs and appends a subject
-    /// revocation, atomically. Returns the user's id, or `None` if unknown.
-    /// The subject entry is made at `at` and kept until `expires_at`.
+    /// Disables a user, revokes every session of theirs and appends a
+    /// revocation for each of those sessions and for the subject,
+    /// atomically. Returns the user's id, or `None` if unknown. The entries
+    /// are made at `at` and kept until `expires_at`. Sessions created or
+    /// rotated concurrently are either refused or revoked with the rest.
     async fn disable_user(
         &self,
         username: &Username,
@@ -230,12 +301,14 @@ pub trait Store: Send + Sync + 'static {
     /// Looks a client up by id.
     async fn find_client(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError>;
 
-    /// Stores a new session with its first refresh token.
+    /// Stores a new session with its first refresh token, only if the user
+    /// exists and is enabled, decided in the same statement or transaction
+    /// as the write. False when the user is disabled or gone.
     async fn create_session(
         &self,
         session: &NewSession,
         token: &NewRefreshToken,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// Looks a refresh token up by hash.
     async fn find_refresh_token(
@@ -243,24 +316,14 @@ pub trait Store: Send + Sync + 'static {
         hash: &SecretHash,
     ) -> Result<Option<RefreshTokenRecord>, StoreError>;
 
-    /// Rotation, as one atomic conditional update: marks the presented token
-    /// spent and stores its successor, only if the token is unspent, unexpired
-    /// and its session unrevoked. False when another exchange won the race
-    /// (or the token became unusable); nothing is written then.
-    async fn spend_refresh_token(
+    /// Refresh: reads the presented token under a lock, judges it
+    /// ([`RefreshTokenState::on_presented`], grace measured by the
+    /// database's clock) and carries the decision out in the same
+    /// transaction: rotate, replay, revoke the session, or nothing.
+    async fn exchange_refresh_token(
         &self,
-        presented: &SecretHash,
-        successor: &NewRefreshToken,
-        now: UnixTime,
-    ) -> Result<bool, StoreError>;
-
-    /// Adds another refresh token to a session (a reuse inside the grace
-    /// window), only if the session is not revoked.
-    async fn add_refresh_token(
-        &self,
-        sid: &str,
-        token: &NewRefreshToken,
-    ) -> Result<bool, StoreError>;
+        request: &ExchangeRequest<'_>,
+    ) -> Result<Exchange, StoreError>;
 
     /// Revokes a session and appends its revocation entry, atomically. False
     /// if the session was unknown or already revoked.
@@ -286,6 +349,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// A push feed of changes, where the backend has one.
     async fn change_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError>;
+
+    /// The database's clock, in milliseconds since the epoch.
+    async fn database_time_ms(&self) -> Result<i64, StoreError>;
 }
 
 impl std::fmt::Debug for dyn Store {

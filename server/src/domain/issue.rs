@@ -47,7 +47,11 @@ impl Authority {
             created_at: now,
         };
         let (refresh_token, stored) = self.new_refresh_token(&entitlement.scopes, now);
-        self.store.create_session(&session, &stored).await?;
+        // The user may have been disabled while the password was checked:
+        // the store decides atomically, and a disabled user gets no session.
+        if !self.store.create_session(&session, &stored).await? {
+            return Err(AuthError::InvalidCredentials);
+        }
         self.mint(entitlement, Some(refresh_token), now)
     }
 }

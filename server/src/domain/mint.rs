@@ -7,7 +7,7 @@ use tessera_token::{AccessClaims, Audience as AudienceClaim};
 use super::{AuthError, Authority};
 use crate::{
     model::{Audience, ScopeSet, SecretHash, UnixTime, new_refresh_token, random_id, secs},
-    store::NewRefreshToken,
+    store::{NewRefreshToken, Successor},
 };
 
 /// What one access token carries, decided before it is signed.
@@ -78,19 +78,32 @@ impl Authority {
         })
     }
 
-    /// A new refresh token, and what the store keeps of it (its hash).
+    /// A new session's first refresh token, and what the store keeps of it
+    /// (its hash).
     pub(super) fn new_refresh_token(
         &self,
         scopes: &ScopeSet,
         now: UnixTime,
     ) -> (SecretString, NewRefreshToken) {
-        let token = new_refresh_token();
+        let (token, successor) = self.new_successor(now);
         let stored = NewRefreshToken {
-            hash: SecretHash::of(token.expose_secret()),
+            hash: successor.hash,
             scopes: scopes.clone(),
+            issued_at: successor.issued_at,
+            expires_at: successor.expires_at,
+        };
+        (token, stored)
+    }
+
+    /// A new refresh token to succeed a presented one (it inherits that
+    /// token's scopes in the store).
+    pub(super) fn new_successor(&self, now: UnixTime) -> (SecretString, Successor) {
+        let token = new_refresh_token();
+        let successor = Successor {
+            hash: SecretHash::of(token.expose_secret()),
             issued_at: now,
             expires_at: now.plus(self.settings.refresh_token_ttl),
         };
-        (token, stored)
+        (token, successor)
     }
 }

@@ -1,18 +1,24 @@
 //! Refresh: rotation with reuse detection (RFC 6749 §6, RFC 9700 §4.14.2).
+//! The decision and its writes happen in one store transaction, judged by
+//! the database's clock, so concurrent presentations of one token on any
+//! number of replicas get one consistent outcome.
 
 use secrecy::{ExposeSecret, SecretString};
 use tracing::instrument;
 
 use super::{AuthError, Authority, Entitlement, PASSWORD_GRANT_CLIENT_ID, Tokens};
 use crate::{
-    model::{Presentation, ScopeSet, SecretHash},
-    store::RefreshTokenRecord,
+    model::{ScopeSet, SecretHash},
+    store::{Exchange, ExchangeRequest, RefreshTokenRecord},
 };
 
 impl Authority {
-    /// Spends a refresh token and returns a new pair. A spent token
-    /// presented again within the grace window gets a pair too (a lost
-    /// response must not log anyone out); after it, the session ends.
+    /// Spends a refresh token and returns a new pair. The successor keeps
+    /// the presented token's scopes; only the access token narrows to
+    /// `requested`. A spent token presented again within the grace window,
+    /// while its successor is unused, gets a pair that replaces that
+    /// successor (a lost response must not log anyone out); any other reuse
+    /// ends the session.
     #[instrument(skip_all)]
     pub(crate) async fn refresh(
         &self,
@@ -20,66 +26,45 @@ impl Authority {
         requested: &ScopeSet,
     ) -> Result<Tokens, AuthError> {
         let now = self.clock.now();
-        let grace = self.settings.refresh_reuse_grace;
-        let hash = SecretHash::of(token.expose_secret());
-        let mut record = self.find_refresh_token(&hash).await?;
-        let scopes = record
-            .scopes
-            .narrow(requested)
-            .map_err(AuthError::ScopeNotAllowed)?;
-        let (refresh_token, successor) = self.new_refresh_token(&scopes, now);
-
-        let mut presentation = record.state.on_presented(record.expires_at, now, grace);
-        if presentation == Presentation::Rotate {
-            record
-                .state
-                .spend(now)
-                .map_err(|_| AuthError::InvalidGrant)?;
-            if self
-                .store
-                .spend_refresh_token(&hash, &successor, now)
-                .await?
-            {
-                return self.mint(
-                    session_entitlement(&record, scopes),
-                    Some(refresh_token),
-                    now,
-                );
-            }
-            // A concurrent exchange of the same token won the race: decide
-            // again on what it left behind (a rotation cannot happen twice).
-            record = self.find_refresh_token(&hash).await?;
-            presentation = record.state.on_presented(record.expires_at, now, grace);
-        }
-        match presentation {
-            Presentation::GraceReplay => {
-                if !self
-                    .store
-                    .add_refresh_token(&record.sid, &successor)
-                    .await?
-                {
-                    return Err(AuthError::InvalidGrant);
+        let (refresh_token, successor) = self.new_successor(now);
+        let exchange = self
+            .store
+            .exchange_refresh_token(&ExchangeRequest {
+                presented: &SecretHash::of(token.expose_secret()),
+                requested_scopes: requested,
+                successor: &successor,
+                now,
+                rules: self.settings.exchange_rules(),
+                theft_revocation_expires_at: self.settings.revocation_expiry(now),
+            })
+            .await?;
+        match exchange {
+            Exchange::Issued { record, replay } => {
+                if replay {
+                    tracing::info!(sid = %record.sid, "spent refresh token replayed within the grace window");
                 }
+                let scopes = record
+                    .scopes
+                    .narrow(requested)
+                    .map_err(AuthError::ScopeNotAllowed)?;
                 self.mint(
                     session_entitlement(&record, scopes),
                     Some(refresh_token),
                     now,
                 )
             }
-            Presentation::Theft => {
-                tracing::warn!(sid = %record.sid, "refresh token reused after the grace window; revoking its session");
-                self.revoke_session(&record.sid, now).await?;
+            Exchange::TheftDetected { record, revocation } => {
+                tracing::warn!(
+                    sid = %record.sid,
+                    sub = %record.user_id,
+                    "refresh token reused outside the grace window; its session is revoked"
+                );
+                self.revocations.apply_local(&revocation);
                 Err(AuthError::InvalidGrant)
             }
-            Presentation::Rotate | Presentation::Refuse => Err(AuthError::InvalidGrant),
+            Exchange::ScopeNotAllowed(scope) => Err(AuthError::ScopeNotAllowed(scope)),
+            Exchange::Refused => Err(AuthError::InvalidGrant),
         }
-    }
-
-    async fn find_refresh_token(&self, hash: &SecretHash) -> Result<RefreshTokenRecord, AuthError> {
-        self.store
-            .find_refresh_token(hash)
-            .await?
-            .ok_or(AuthError::InvalidGrant)
     }
 }
 

@@ -4,11 +4,18 @@ use std::time::Duration;
 
 use tessera_token::VerifyRules;
 
-use crate::model::{Audience, UnixTime};
+use crate::model::{Audience, ExchangeRules, UnixTime};
 
 /// Revocation entries for sessions and subjects outlive the last access token
 /// they could deny by this much, covering a token minted in the same instant.
 const REVOCATION_SLACK: Duration = Duration::from_secs(60);
+
+/// How many times one spent refresh token may be replayed inside the grace
+/// window: a client retrying after lost responses, not a thief's supply.
+pub(crate) const MAX_REFRESH_REPLAYS: u32 = 3;
+
+/// The longest reuse grace window accepted.
+pub(crate) const MAX_REFRESH_REUSE_GRACE: Duration = Duration::from_secs(60);
 
 /// Token names and lifetimes.
 #[derive(Debug, Clone)]
@@ -35,6 +42,14 @@ impl TokenSettings {
             audience: None,
             leeway: self.leeway,
             max_lifetime: self.access_token_ttl,
+        }
+    }
+
+    /// How spent refresh tokens presented again are judged.
+    pub fn exchange_rules(&self) -> ExchangeRules {
+        ExchangeRules {
+            grace: self.refresh_reuse_grace,
+            max_replays: MAX_REFRESH_REPLAYS,
         }
     }
 

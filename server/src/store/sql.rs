@@ -7,16 +7,24 @@
 
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::{AnyConnection, AnyPool, FromRow};
+use sqlx::{Acquire, AnyConnection, AnyPool, FromRow};
 
 use super::{
-    Backend, ChangeFeed, ClientRecord, NewRefreshToken, NewSession, RefreshTokenRecord, Store,
-    StoreError, StoredKey, UserRecord, postgres,
+    Backend, ChangeFeed, ClientRecord, Exchange, ExchangeRequest, NewRefreshToken, NewSession,
+    RefreshTokenRecord, Store, StoreError, StoredKey, UserRecord, postgres,
 };
 use crate::model::{
-    Audience, ClientId, InvalidInput, RefreshTokenState, Revocation, RevocationKind, ScopeSet,
-    SecretHash, UnixTime, Username,
+    Audience, ClientId, InvalidInput, Presentation, RefreshTokenState, Revocation, RevocationKind,
+    ScopeSet, SecretHash, UnixTime, Username,
 };
+
+/// The database's clock in milliseconds, per backend.
+fn now_ms_sql(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    }
+}
 
 /// A connection pool and what is needed to speak its backend's dialect.
 pub(super) struct SqlStore {
@@ -35,18 +43,48 @@ impl SqlStore {
         }
     }
 
+    /// Runs `work` in a transaction and commits it. On any error the
+    /// connection is closed instead of going back to the pool: after a
+    /// failed statement (SQLite rolls back by itself on a full disk, and the
+    /// ROLLBACK that follows fails) sqlx's idea of the connection's
+    /// transaction state can be wrong, and a later "commit" on it would
+    /// commit nothing. A write is reported done only after its commit.
+    async fn write<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let result = async {
+            let mut tx = conn.begin().await?;
+            let value = work(&mut tx).await?;
+            tx.commit().await?;
+            Ok(value)
+        }
+        .await;
+        if result.is_err() {
+            conn.close_on_drop();
+        }
+        result
+    }
+
+    /// Serialises revocation log writers so log ids become visible in
+    /// commit order (see the migration); SQLite has one writer anyway.
+    async fn lock_log(&self, conn: &mut AnyConnection) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("LOCK TABLE revocation_log IN EXCLUSIVE MODE")
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Appends to the revocation log inside the caller's transaction.
     async fn insert_revocation(
         &self,
         conn: &mut AnyConnection,
         entry: &Revocation,
     ) -> Result<(), StoreError> {
-        if self.backend == Backend::Postgres {
-            // Serialises writers so log ids commit in order (see the migration).
-            sqlx::query("LOCK TABLE revocation_log IN EXCLUSIVE MODE")
-                .execute(&mut *conn)
-                .await?;
-        }
+        self.lock_log(conn).await?;
         sqlx::query(
             "INSERT INTO revocation_log (kind, value, at, expires_at) VALUES ($1, $2, $3, $4)",
         )
@@ -131,17 +169,51 @@ impl TryFrom<ClientRow> for ClientRecord {
     }
 }
 
+/// A refresh token's columns, with its session, user and current successor.
+const REFRESH_TOKEN_COLUMNS: &str = "t.sid, t.scopes, t.issued_at, t.expires_at, t.spent_at_ms, \
+     t.replays, t.superseded_at, t.successor, n.spent_at_ms AS successor_spent_at_ms, \
+     s.user_id, s.audience, s.revoked_at, u.username, u.disabled_at";
+const REFRESH_TOKEN_FROM: &str = "FROM refresh_tokens t \
+     JOIN sessions s ON s.sid = t.sid \
+     JOIN users u ON u.id = s.user_id \
+     LEFT JOIN refresh_tokens n ON n.hash = t.successor \
+     WHERE t.hash = $1";
+
 #[derive(FromRow)]
 struct RefreshTokenRow {
     sid: String,
     scopes: String,
     issued_at: i64,
     expires_at: i64,
-    spent_at: Option<i64>,
+    spent_at_ms: Option<i64>,
+    replays: i64,
+    superseded_at: Option<i64>,
+    successor: Option<Vec<u8>>,
+    successor_spent_at_ms: Option<i64>,
     user_id: String,
     audience: String,
     revoked_at: Option<i64>,
     username: String,
+    disabled_at: Option<i64>,
+}
+
+impl RefreshTokenRow {
+    fn state(&self) -> RefreshTokenState {
+        if self.revoked_at.is_some() || self.disabled_at.is_some() {
+            RefreshTokenState::Revoked
+        } else if self.superseded_at.is_some() {
+            RefreshTokenState::Superseded
+        } else {
+            match self.spent_at_ms {
+                None => RefreshTokenState::Active,
+                Some(at_ms) => RefreshTokenState::Spent {
+                    at_ms,
+                    successor_used: self.successor_spent_at_ms.is_some(),
+                    replays: u32::try_from(self.replays).unwrap_or(u32::MAX),
+                },
+            }
+        }
+    }
 }
 
 impl TryFrom<RefreshTokenRow> for RefreshTokenRecord {
@@ -149,19 +221,24 @@ impl TryFrom<RefreshTokenRow> for RefreshTokenRecord {
 
     fn try_from(row: RefreshTokenRow) -> Result<Self, StoreError> {
         Ok(Self {
+            state: row.state(),
             username: Username::parse(&row.username).map_err(corrupt("username"))?,
             audience: Audience::parse(&row.audience).map_err(corrupt("audience"))?,
             scopes: scopes(&row.scopes)?,
             issued_at: UnixTime::from_secs(row.issued_at),
             expires_at: UnixTime::from_secs(row.expires_at),
-            state: RefreshTokenState::from_stored(
-                row.spent_at.map(UnixTime::from_secs),
-                row.revoked_at.is_some(),
-            ),
             sid: row.sid,
             user_id: row.user_id,
         })
     }
+}
+
+/// A refresh token read for an exchange, with the database's clock.
+#[derive(FromRow)]
+struct ExchangeRow {
+    db_now_ms: i64,
+    #[sqlx(flatten)]
+    token: RefreshTokenRow,
 }
 
 #[derive(FromRow)]
@@ -255,35 +332,52 @@ impl Store for SqlStore {
         at: UnixTime,
         expires_at: UnixTime,
     ) -> Result<Option<String>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // A write first, so SQLite takes its write lock at once instead of
-        // failing to upgrade a read snapshot under contention.
-        let Some(id) = sqlx::query_scalar::<_, String>(
-            "UPDATE users SET disabled_at = COALESCE(disabled_at, $2) WHERE username = $1 RETURNING id",
-        )
-        .bind(username.as_str())
-        .bind(at.as_secs())
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
-            return Ok(None);
-        };
-        sqlx::query(
-            "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
-        )
-        .bind(&id)
-        .bind(at.as_secs())
-        .execute(&mut *tx)
-        .await?;
-        let entry = Revocation {
-            kind: RevocationKind::Subject,
-            value: id.clone(),
-            at,
-            expires_at,
-        };
-        self.insert_revocation(&mut tx, &entry).await?;
-        tx.commit().await?;
-        Ok(Some(id))
+        self.write(async |conn| {
+            // A write first: it locks the user row (PostgreSQL) or the
+            // database (SQLite), so sessions being created wait and then
+            // find the user disabled.
+            let Some(id) = sqlx::query_scalar::<_, String>(
+                "UPDATE users SET disabled_at = COALESCE(disabled_at, $2) WHERE username = $1 \
+                 RETURNING id",
+            )
+            .bind(username.as_str())
+            .bind(at.as_secs())
+            .fetch_optional(&mut *conn)
+            .await?
+            else {
+                return Ok(None);
+            };
+            sqlx::query(
+                "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(&id)
+            .bind(at.as_secs())
+            .execute(&mut *conn)
+            .await?;
+            // Each session's access tokens die by `sid`, whenever they were
+            // minted: a login or refresh that raced this command got its
+            // session revoked here, and its token denied with it.
+            self.lock_log(conn).await?;
+            sqlx::query(
+                "INSERT INTO revocation_log (kind, value, at, expires_at) \
+                 SELECT $3, sid, $2, $4 FROM sessions WHERE user_id = $1 AND revoked_at = $2",
+            )
+            .bind(&id)
+            .bind(at.as_secs())
+            .bind(RevocationKind::Session.as_str())
+            .bind(expires_at.as_secs())
+            .execute(&mut *conn)
+            .await?;
+            let entry = Revocation {
+                kind: RevocationKind::Subject,
+                value: id.clone(),
+                at,
+                expires_at,
+            };
+            self.insert_revocation(conn, &entry).await?;
+            Ok(Some(id))
+        })
+        .await
     }
 
     #[tracing::instrument(name = "db.clients.insert", skip_all)]
@@ -319,20 +413,54 @@ impl Store for SqlStore {
         &self,
         session: &NewSession,
         token: &NewRefreshToken,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO sessions (sid, user_id, audience, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&session.sid)
-        .bind(&session.user_id)
-        .bind(session.audience.as_str())
-        .bind(session.created_at.as_secs())
-        .execute(&mut *tx)
-        .await?;
-        insert_refresh_token(&mut tx, &session.sid, token).await?;
-        tx.commit().await?;
-        Ok(())
+    ) -> Result<bool, StoreError> {
+        match self.backend {
+            // One statement: the user row is share-locked while the session
+            // is written, so a concurrent disable either waits for this
+            // session (and revokes it) or makes this insert find no user.
+            Backend::Postgres => {
+                let created = sqlx::query(
+                    "WITH u AS (SELECT id FROM users WHERE id = $2 AND disabled_at IS NULL FOR SHARE), \
+                          s AS (INSERT INTO sessions (sid, user_id, audience, created_at) \
+                                SELECT $1, u.id, $3, $4 FROM u RETURNING sid) \
+                     INSERT INTO refresh_tokens (hash, sid, scopes, issued_at, expires_at) \
+                     SELECT $5, s.sid, $6, $7, $8 FROM s",
+                )
+                .bind(&session.sid)
+                .bind(&session.user_id)
+                .bind(session.audience.as_str())
+                .bind(session.created_at.as_secs())
+                .bind(token.hash.as_bytes().to_vec())
+                .bind(token.scopes.joined())
+                .bind(token.issued_at.as_secs())
+                .bind(token.expires_at.as_secs())
+                .execute(&self.pool)
+                .await?;
+                Ok(created.rows_affected() == 1)
+            }
+            // SQLite has one writer: the write lock taken by the first
+            // statement orders this against any disable.
+            Backend::Sqlite => {
+                self.write(async |conn| {
+                    let created = sqlx::query(
+                        "INSERT INTO sessions (sid, user_id, audience, created_at) \
+                         SELECT $1, id, $3, $4 FROM users WHERE id = $2 AND disabled_at IS NULL",
+                    )
+                    .bind(&session.sid)
+                    .bind(&session.user_id)
+                    .bind(session.audience.as_str())
+                    .bind(session.created_at.as_secs())
+                    .execute(&mut *conn)
+                    .await?;
+                    if created.rows_affected() == 0 {
+                        return Ok(false);
+                    }
+                    insert_refresh_token(conn, &session.sid, token).await?;
+                    Ok(true)
+                })
+                .await
+            }
+        }
     }
 
     #[tracing::instrument(name = "db.refresh_tokens.find", skip_all)]
@@ -340,14 +468,9 @@ impl Store for SqlStore {
         &self,
         hash: &SecretHash,
     ) -> Result<Option<RefreshTokenRecord>, StoreError> {
-        sqlx::query_as::<_, RefreshTokenRow>(
-            "SELECT t.sid, t.scopes, t.issued_at, t.expires_at, t.spent_at, \
-                    s.user_id, s.audience, s.revoked_at, u.username \
-             FROM refresh_tokens t \
-             JOIN sessions s ON s.sid = t.sid \
-             JOIN users u ON u.id = s.user_id \
-             WHERE t.hash = $1",
-        )
+        sqlx::query_as::<_, RefreshTokenRow>(&format!(
+            "SELECT {REFRESH_TOKEN_COLUMNS} {REFRESH_TOKEN_FROM}"
+        ))
         .bind(hash.as_bytes().to_vec())
         .fetch_optional(&self.pool)
         .await?
@@ -355,80 +478,132 @@ impl Store for SqlStore {
         .transpose()
     }
 
-    #[tracing::instrument(name = "db.refresh_tokens.spend", skip_all)]
-    async fn spend_refresh_token(
+    #[tracing::instrument(name = "db.refresh_tokens.exchange", skip_all)]
+    async fn exchange_refresh_token(
         &self,
-        presented: &SecretHash,
-        successor: &NewRefreshToken,
-        now: UnixTime,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // The whole race is decided here: concurrent exchanges of one token
-        // queue on its row, and only the first still finds `spent_at IS NULL`.
-        let spent = sqlx::query_scalar::<_, String>(
-            "UPDATE refresh_tokens SET spent_at = $2 \
-             WHERE hash = $1 AND spent_at IS NULL AND expires_at > $2 \
-               AND EXISTS (SELECT 1 FROM sessions s \
-                           WHERE s.sid = refresh_tokens.sid AND s.revoked_at IS NULL) \
-             RETURNING sid",
-        )
-        .bind(presented.as_bytes().to_vec())
-        .bind(now.as_secs())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(sid) = spent else {
-            return Ok(false);
+        request: &ExchangeRequest<'_>,
+    ) -> Result<Exchange, StoreError> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE OF t",
+            Backend::Sqlite => "",
         };
-        insert_refresh_token(&mut tx, &sid, successor).await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    #[tracing::instrument(name = "db.refresh_tokens.add", skip_all)]
-    async fn add_refresh_token(
-        &self,
-        sid: &str,
-        token: &NewRefreshToken,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO refresh_tokens (hash, sid, scopes, issued_at, expires_at) \
-             SELECT $1, $2, $3, $4, $5 \
-             WHERE EXISTS (SELECT 1 FROM sessions WHERE sid = $2 AND revoked_at IS NULL)",
-        )
-        .bind(token.hash.as_bytes().to_vec())
-        .bind(sid)
-        .bind(token.scopes.joined())
-        .bind(token.issued_at.as_secs())
-        .bind(token.expires_at.as_secs())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let select = format!(
+            "SELECT {} AS db_now_ms, {REFRESH_TOKEN_COLUMNS} {REFRESH_TOKEN_FROM}{lock}",
+            now_ms_sql(self.backend)
+        );
+        let presented = request.presented.as_bytes().to_vec();
+        self.write(async |conn| {
+            if self.backend == Backend::Sqlite {
+                // A write first, so SQLite takes its write lock now and no
+                // other exchange of this token can come between read and write.
+                sqlx::query("UPDATE refresh_tokens SET replays = replays WHERE hash = $1")
+                    .bind(&presented)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            let Some(row) = sqlx::query_as::<_, ExchangeRow>(&select)
+                .bind(&presented)
+                .fetch_optional(&mut *conn)
+                .await?
+            else {
+                return Ok(Exchange::Refused);
+            };
+            let db_now_ms = row.db_now_ms;
+            let previous_successor = row.token.successor.clone();
+            let record = RefreshTokenRecord::try_from(row.token)?;
+            let presentation =
+                record
+                    .state
+                    .on_presented(record.expires_at, request.now, db_now_ms, request.rules);
+            let replay = match presentation {
+                Presentation::Refuse => return Ok(Exchange::Refused),
+                Presentation::Theft => {
+                    let revocation = Revocation {
+                        kind: RevocationKind::Session,
+                        value: record.sid.clone(),
+                        at: request.now,
+                        expires_at: request.theft_revocation_expires_at,
+                    };
+                    sqlx::query(
+                        "UPDATE sessions SET revoked_at = $2 WHERE sid = $1 AND revoked_at IS NULL",
+                    )
+                    .bind(&record.sid)
+                    .bind(request.now.as_secs())
+                    .execute(&mut *conn)
+                    .await?;
+                    self.insert_revocation(conn, &revocation).await?;
+                    return Ok(Exchange::TheftDetected { record, revocation });
+                }
+                Presentation::Rotate => false,
+                Presentation::Replay => true,
+            };
+            if let Err(missing) = record.scopes.narrow(request.requested_scopes) {
+                return Ok(Exchange::ScopeNotAllowed(missing));
+            }
+            let successor = request.successor.hash.as_bytes().to_vec();
+            if replay {
+                // The unused successor is replaced: one live chain only.
+                sqlx::query("UPDATE refresh_tokens SET superseded_at = $2 WHERE hash = $1")
+                    .bind(previous_successor)
+                    .bind(request.now.as_secs())
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query(
+                    "UPDATE refresh_tokens SET successor = $2, replays = replays + 1 WHERE hash = $1",
+                )
+                .bind(&presented)
+                .bind(&successor)
+                .execute(&mut *conn)
+                .await?;
+            } else {
+                sqlx::query(
+                    "UPDATE refresh_tokens SET spent_at_ms = $2, successor = $3 WHERE hash = $1",
+                )
+                .bind(&presented)
+                .bind(db_now_ms)
+                .bind(&successor)
+                .execute(&mut *conn)
+                .await?;
+            }
+            sqlx::query(
+                "INSERT INTO refresh_tokens (hash, sid, scopes, issued_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(successor)
+            .bind(&record.sid)
+            .bind(record.scopes.joined())
+            .bind(request.successor.issued_at.as_secs())
+            .bind(request.successor.expires_at.as_secs())
+            .execute(&mut *conn)
+            .await?;
+            Ok(Exchange::Issued { record, replay })
+        })
+        .await
     }
 
     #[tracing::instrument(name = "db.sessions.revoke", skip_all)]
     async fn revoke_session(&self, entry: &Revocation) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let revoked = sqlx::query(
-            "UPDATE sessions SET revoked_at = $2 WHERE sid = $1 AND revoked_at IS NULL",
-        )
-        .bind(&entry.value)
-        .bind(entry.at.as_secs())
-        .execute(&mut *tx)
-        .await?;
-        if revoked.rows_affected() == 0 {
-            return Ok(false);
-        }
-        self.insert_revocation(&mut tx, entry).await?;
-        tx.commit().await?;
-        Ok(true)
+        self.write(async |conn| {
+            let revoked = sqlx::query(
+                "UPDATE sessions SET revoked_at = $2 WHERE sid = $1 AND revoked_at IS NULL",
+            )
+            .bind(&entry.value)
+            .bind(entry.at.as_secs())
+            .execute(&mut *conn)
+            .await?;
+            if revoked.rows_affected() == 0 {
+                return Ok(false);
+            }
+            self.insert_revocation(conn, entry).await?;
+            Ok(true)
+        })
+        .await
     }
 
     #[tracing::instrument(name = "db.revocation_log.append", skip_all)]
     async fn append_revocation(&self, entry: &Revocation) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        self.insert_revocation(&mut tx, entry).await?;
-        tx.commit().await?;
-        Ok(())
+        self.write(async |conn| self.insert_revocation(conn, entry).await)
+            .await
     }
 
     #[tracing::instrument(name = "db.revocation_log.after", skip_all)]
@@ -480,6 +655,14 @@ impl Store for SqlStore {
         .into_iter()
         .map(StoredKey::from)
         .collect())
+    }
+
+    async fn database_time_ms(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar::<_, i64>(&format!("SELECT {}", now_ms_sql(self.backend)))
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn change_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {

@@ -5,7 +5,13 @@ use std::time::Duration;
 use tessera::pb::RefreshRequest;
 use tonic::Code;
 
-use crate::helpers::{Backend, client_grant, on_both_backends, password_grant, spawn_app};
+use crate::helpers::{
+    Backend, client_grant, eventually, on_both_backends, password_grant, spawn_app, spawn_app_with,
+};
+
+/// A grace window short enough to wait out: it is measured by the
+/// database's clock, which a test cannot move.
+const SHORT_GRACE: Duration = Duration::from_secs(1);
 
 on_both_backends!(
     a_password_grant_issues_an_access_and_a_refresh_token,
@@ -17,10 +23,16 @@ on_both_backends!(
     an_audience_must_be_allowed_for_the_principal,
     malformed_issue_requests_are_invalid_arguments,
     refresh_rotates_and_the_old_access_token_stays_valid,
-    a_refresh_may_narrow_scopes_but_not_widen_them,
+    a_refresh_narrows_the_access_token_but_the_successor_keeps_the_scopes,
     a_reused_refresh_token_within_the_grace_window_gets_a_valid_pair,
     a_reused_refresh_token_after_the_grace_window_revokes_the_session,
-    concurrent_refreshes_of_one_token_never_fail_internally,
+    a_replay_within_the_grace_window_replaces_the_unused_successor,
+    a_replay_after_the_successor_was_used_revokes_the_session,
+    replays_within_the_grace_window_are_bounded,
+    concurrent_refreshes_of_one_token_leave_at_most_one_live_chain,
+    with_no_grace_concurrent_refreshes_of_one_token_end_the_session,
+    logins_racing_a_disable_never_leave_a_live_session,
+    a_user_disabled_directly_in_the_database_cannot_refresh_or_log_in,
     an_expired_refresh_token_is_rejected,
     revoking_an_access_token_revokes_only_that_token,
     revoking_a_refresh_token_revokes_its_session_and_its_access_tokens,
@@ -228,7 +240,7 @@ async fn refresh_rotates_and_the_old_access_token_stays_valid(backend: Backend) 
     assert!(app.refresh(&second.refresh_token).await.is_ok());
 }
 
-async fn a_refresh_may_narrow_scopes_but_not_widen_them(backend: Backend) {
+async fn a_refresh_narrows_the_access_token_but_the_successor_keeps_the_scopes(backend: Backend) {
     let (app, _db) = spawn_app(backend).await;
     app.add_user("alice", "pw", &["read", "write"]).await;
     let first = app.login("alice", "pw").await.unwrap();
@@ -243,7 +255,8 @@ async fn a_refresh_may_narrow_scopes_but_not_widen_them(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(narrowed.scopes, ["read"]);
-    let widened = app
+    // RFC 6749 §6: the new refresh token has the scope of the one presented.
+    let widened_again = app
         .client
         .clone()
         .refresh(RefreshRequest {
@@ -251,8 +264,20 @@ async fn a_refresh_may_narrow_scopes_but_not_widen_them(backend: Backend) {
             scopes: vec!["read".into(), "write".into()],
         })
         .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(widened_again.scopes, ["read", "write"]);
+    let beyond = app
+        .client
+        .clone()
+        .refresh(RefreshRequest {
+            refresh_token: widened_again.refresh_token,
+            scopes: vec!["admin".into()],
+        })
+        .await
         .unwrap_err();
-    assert_eq!(widened.code(), Code::PermissionDenied);
+    assert_eq!(beyond.code(), Code::PermissionDenied);
+    assert!(beyond.message().contains("admin"), "{beyond:?}");
 }
 
 async fn a_reused_refresh_token_within_the_grace_window_gets_a_valid_pair(backend: Backend) {
@@ -260,7 +285,6 @@ async fn a_reused_refresh_token_within_the_grace_window_gets_a_valid_pair(backen
     app.add_user("alice", "pw", &["read"]).await;
     let first = app.login("alice", "pw").await.unwrap();
     let _lost_response = app.refresh(&first.refresh_token).await.unwrap();
-    app.clock.advance(Duration::from_secs(9)); // default grace is 10 s
     let retried = app.refresh(&first.refresh_token).await.unwrap();
     let bearer = app.introspector_token().await;
     assert!(
@@ -273,11 +297,11 @@ async fn a_reused_refresh_token_within_the_grace_window_gets_a_valid_pair(backen
 }
 
 async fn a_reused_refresh_token_after_the_grace_window_revokes_the_session(backend: Backend) {
-    let (app, _db) = spawn_app(backend).await;
+    let (app, _db) = spawn_app_with(backend, |s| s.tokens.refresh_reuse_grace = SHORT_GRACE).await;
     app.add_user("alice", "pw", &["read"]).await;
     let first = app.login("alice", "pw").await.unwrap();
     let second = app.refresh(&first.refresh_token).await.unwrap();
-    app.clock.advance(Duration::from_secs(11));
+    tokio::time::sleep(SHORT_GRACE + Duration::from_millis(100)).await;
     let replay = app.refresh(&first.refresh_token).await.unwrap_err();
     assert_eq!(replay.code(), Code::Unauthenticated);
     // The legitimate holder's tokens die with the session.
@@ -299,14 +323,73 @@ async fn a_reused_refresh_token_after_the_grace_window_revokes_the_session(backe
     );
 }
 
-async fn concurrent_refreshes_of_one_token_never_fail_internally(backend: Backend) {
+/// True when `refresh_token` no longer works and `access_token` is inactive.
+async fn session_is_dead(
+    app: &crate::helpers::TestApp,
+    refresh_token: &str,
+    access_token: &str,
+) -> bool {
+    let bearer = app.introspector_token().await;
+    app.refresh(refresh_token).await.is_err()
+        && !app
+            .introspect_with(&bearer, access_token)
+            .await
+            .unwrap()
+            .active
+}
+
+async fn a_replay_within_the_grace_window_replaces_the_unused_successor(backend: Backend) {
     let (app, _db) = spawn_app(backend).await;
     app.add_user("alice", "pw", &["read"]).await;
     let first = app.login("alice", "pw").await.unwrap();
-    let attempts: Vec<_> = (0..16)
+    let legitimate = app.refresh(&first.refresh_token).await.unwrap();
+    // A thief replays the stolen token inside the window, before the
+    // legitimate client used its successor: it gets a pair...
+    let thief = app.refresh(&first.refresh_token).await.unwrap();
+    // ...but only one chain lives: the legitimate successor was replaced,
+    // and presenting it reveals the theft and ends the session.
+    let revealed = app.refresh(&legitimate.refresh_token).await.unwrap_err();
+    assert_eq!(revealed.code(), Code::Unauthenticated);
+    assert!(session_is_dead(&app, &thief.refresh_token, &thief.access_token).await);
+}
+
+async fn a_replay_after_the_successor_was_used_revokes_the_session(backend: Backend) {
+    let (app, _db) = spawn_app(backend).await;
+    app.add_user("alice", "pw", &["read"]).await;
+    let first = app.login("alice", "pw").await.unwrap();
+    let second = app.refresh(&first.refresh_token).await.unwrap();
+    let third = app.refresh(&second.refresh_token).await.unwrap();
+    // Within the window, but the successor was already used: not a retry.
+    let replay = app.refresh(&first.refresh_token).await.unwrap_err();
+    assert_eq!(replay.code(), Code::Unauthenticated);
+    assert!(session_is_dead(&app, &third.refresh_token, &third.access_token).await);
+}
+
+async fn replays_within_the_grace_window_are_bounded(backend: Backend) {
+    let (app, _db) = spawn_app(backend).await;
+    app.add_user("alice", "pw", &["read"]).await;
+    let first = app.login("alice", "pw").await.unwrap();
+    app.refresh(&first.refresh_token).await.unwrap();
+    for replay in 1..=3 {
+        assert!(
+            app.refresh(&first.refresh_token).await.is_ok(),
+            "replay {replay}"
+        );
+    }
+    let fourth = app.refresh(&first.refresh_token).await.unwrap_err();
+    assert_eq!(fourth.code(), Code::Unauthenticated);
+}
+
+/// Presents `token` `n` times at once; returns the answers.
+async fn concurrent_refreshes(
+    app: &crate::helpers::TestApp,
+    token: &str,
+    n: usize,
+) -> Vec<Result<tessera::pb::RefreshResponse, tonic::Status>> {
+    let attempts: Vec<_> = (0..n)
         .map(|_| {
             let mut client = app.client.clone();
-            let token = first.refresh_token.clone();
+            let token = token.to_owned();
             tokio::spawn(async move {
                 client
                     .refresh(RefreshRequest {
@@ -318,34 +401,125 @@ async fn concurrent_refreshes_of_one_token_never_fail_internally(backend: Backen
             })
         })
         .collect();
-    let mut successors = Vec::new();
+    let mut answers = Vec::new();
     for attempt in attempts {
-        // Inside the grace window every attempt gets a pair: exactly one wins
-        // the rotation, the rest are the same client retrying.
-        successors.push(
-            attempt
+        answers.push(attempt.await.unwrap());
+    }
+    answers
+}
+
+async fn concurrent_refreshes_of_one_token_leave_at_most_one_live_chain(backend: Backend) {
+    let (app, _db) = spawn_app(backend).await;
+    app.add_user("alice", "pw", &["read"]).await;
+    let first = app.login("alice", "pw").await.unwrap();
+    let answers = concurrent_refreshes(&app, &first.refresh_token, 50).await;
+    let mut successors = Vec::new();
+    for answer in answers {
+        match answer {
+            Ok(pair) => successors.push(pair),
+            Err(s) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
+        }
+    }
+    // One rotation and at most three replays; past that, theft.
+    assert!(
+        (1..=4).contains(&successors.len()),
+        "{} succeeded",
+        successors.len()
+    );
+    let mut live = 0;
+    for successor in &successors {
+        if app.refresh(&successor.refresh_token).await.is_ok() {
+            live += 1;
+        }
+    }
+    assert!(
+        live <= 1,
+        "{live} live chains after 50 concurrent refreshes"
+    );
+}
+
+async fn with_no_grace_concurrent_refreshes_of_one_token_end_the_session(backend: Backend) {
+    let (app, _db) =
+        spawn_app_with(backend, |s| s.tokens.refresh_reuse_grace = Duration::ZERO).await;
+    app.add_user("alice", "pw", &["read"]).await;
+    let first = app.login("alice", "pw").await.unwrap();
+    let answers = concurrent_refreshes(&app, &first.refresh_token, 16).await;
+    let successors: Vec<_> = answers.into_iter().filter_map(Result::ok).collect();
+    assert!(
+        successors.len() <= 1,
+        "{} succeeded with no grace",
+        successors.len()
+    );
+    // Fifteen reuses were theft: the session, and the one successor, are dead.
+    for successor in &successors {
+        assert!(session_is_dead(&app, &successor.refresh_token, &successor.access_token).await);
+    }
+    assert!(session_is_dead(&app, &first.refresh_token, &first.access_token).await);
+}
+
+async fn logins_racing_a_disable_never_leave_a_live_session(backend: Backend) {
+    // One hash at a time, so most logins are still waiting for argon2 when
+    // the disable commits: they read the user before it, and finish after.
+    let (app, _db) = spawn_app_with(backend, |s| s.hashing.max_concurrent = 1).await;
+    app.add_user("alice", "pw", &["read"]).await;
+    let logins: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = app.client.clone();
+            tokio::spawn(async move { client.issue(password_grant("alice", "pw")).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    app.disable_user("alice").await;
+    let mut issued = Vec::new();
+    for login in logins {
+        match login.await.unwrap() {
+            Ok(tokens) => issued.push(tokens.into_inner()),
+            Err(s) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
+        }
+    }
+    println!("{} of 8 logins racing the disable got tokens", issued.len());
+    let bearer = app.introspector_token().await;
+    for tokens in &issued {
+        assert_eq!(
+            app.refresh(&tokens.refresh_token).await.unwrap_err().code(),
+            Code::Unauthenticated,
+            "a session survived the disable"
+        );
+        let dead = eventually(Duration::from_secs(3), || async {
+            !app.introspect_with(&bearer, &tokens.access_token)
                 .await
                 .unwrap()
-                .expect("no error, INTERNAL or otherwise"),
-        );
+                .active
+        })
+        .await;
+        assert!(dead.is_some(), "an access token survived the disable");
     }
-    assert_eq!(successors.len(), 16);
-    let distinct: std::collections::HashSet<_> =
-        successors.iter().map(|s| &s.refresh_token).collect();
-    assert_eq!(distinct.len(), 16);
-    // Once the window has passed, replaying the spent token ends the session,
-    // so none of the successors outlives the theft signal.
-    app.clock.advance(Duration::from_secs(11));
-    assert!(app.refresh(&first.refresh_token).await.is_err());
-    for successor in &successors {
-        assert_eq!(
-            app.refresh(&successor.refresh_token)
-                .await
-                .unwrap_err()
-                .code(),
-            Code::Unauthenticated
-        );
-    }
+    assert_eq!(
+        app.login("alice", "pw").await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+}
+
+async fn a_user_disabled_directly_in_the_database_cannot_refresh_or_log_in(backend: Backend) {
+    let (app, db) = spawn_app(backend).await;
+    app.add_user("alice", "pw", &["read"]).await;
+    let tokens = app.login("alice", "pw").await.unwrap();
+    // Behind Tessera's back: the flag only, no revocation.
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE users SET disabled_at = 1 WHERE username = 'alice'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        app.refresh(&tokens.refresh_token).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        app.login("alice", "pw").await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
 }
 
 async fn an_expired_refresh_token_is_rejected(backend: Backend) {

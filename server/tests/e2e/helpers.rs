@@ -91,6 +91,18 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// A new, empty SQLite database in `dir` (which the caller keeps alive).
+    pub(crate) fn sqlite_in(dir: &std::path::Path) -> Self {
+        Self {
+            backend: Backend::Sqlite,
+            url: format!("sqlite://{}?mode=rwc", dir.join("tessera.db").display()),
+            kek: Kek::generate_base64(),
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+}
+
 /// The admin URL of the test PostgreSQL server.
 pub(crate) fn postgres_admin_url() -> String {
     std::env::var("TESSERA_TEST_DATABASE_URL").unwrap_or_else(|_| {
@@ -153,8 +165,16 @@ pub(crate) fn settings_for(db: &TestDatabase) -> Settings {
 
 /// A Tessera on a fresh database.
 pub(crate) async fn spawn_app(backend: Backend) -> (TestApp, TestDatabase) {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// A Tessera on a fresh database, with settings changed by `configure`.
+pub(crate) async fn spawn_app_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut Settings),
+) -> (TestApp, TestDatabase) {
     let db = TestDatabase::new(backend).await;
-    let app = spawn_app_on(&db, |_| {}).await;
+    let app = spawn_app_on(&db, configure).await;
     (app, db)
 }
 

@@ -13,6 +13,7 @@ mod helpers;
 mod api;
 mod cli;
 mod client;
+mod faults;
 mod hostile_tokens;
 mod operations;
 mod replicas;

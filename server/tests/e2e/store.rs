@@ -1,20 +1,22 @@
 //! One conformance suite for the `Store` trait, run on PostgreSQL and SQLite.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tessera_server::{
-    Audience, NewRefreshToken, NewSession, RefreshTokenRecord, RefreshTokenState, Revocation,
-    RevocationKind, ScopeSet, SecretHash, Store, StoreError, UnixTime, UserRecord, Username,
-    connect_store,
+    Audience, Exchange, ExchangeRequest, ExchangeRules, NewRefreshToken, NewSession,
+    RefreshTokenRecord, RefreshTokenState, Revocation, RevocationKind, ScopeSet, SecretHash, Store,
+    StoreError, Successor, UnixTime, UserRecord, Username, connect_store,
 };
 
 use crate::helpers::{Backend, TestDatabase, on_both_backends};
 
 on_both_backends!(
     a_taken_username_is_a_conflict,
-    only_one_spend_of_a_refresh_token_succeeds,
+    only_one_rotation_of_a_refresh_token_succeeds_and_the_successor_keeps_its_scopes,
+    a_replay_supersedes_the_unused_successor_and_presenting_that_is_theft,
     no_token_is_added_to_a_revoked_session,
-    disabling_a_user_revokes_their_sessions_and_logs_the_subject,
+    no_session_is_created_for_a_disabled_user,
+    disabling_a_user_revokes_their_sessions_and_logs_each_session_and_the_subject,
     the_revocation_log_is_read_in_order_without_expired_entries,
     migrations_can_run_twice,
 );
@@ -51,6 +53,10 @@ fn token(secret: &str, expires: i64) -> NewRefreshToken {
 
 async fn session(store: &dyn Store, sid: &str, first: &str) {
     store.insert_user(&user(sid), t(1)).await.ok();
+    assert!(create_session(store, sid, first).await);
+}
+
+async fn create_session(store: &dyn Store, sid: &str, first: &str) -> bool {
     store
         .create_session(
             &NewSession {
@@ -62,7 +68,37 @@ async fn session(store: &dyn Store, sid: &str, first: &str) {
             &token(first, 1000),
         )
         .await
-        .unwrap();
+        .unwrap()
+}
+
+const RULES: ExchangeRules = ExchangeRules {
+    grace: Duration::from_secs(60),
+    max_replays: 3,
+};
+
+/// Presents `secret` for a successor `next` at time `now`, asking for `scopes`.
+async fn exchange(
+    store: &dyn Store,
+    secret: &str,
+    next: &str,
+    now: i64,
+    scopes: &[&str],
+) -> Exchange {
+    store
+        .exchange_refresh_token(&ExchangeRequest {
+            presented: &SecretHash::of(secret),
+            requested_scopes: &ScopeSet::parse_list(scopes).unwrap(),
+            successor: &Successor {
+                hash: SecretHash::of(next),
+                issued_at: t(now),
+                expires_at: t(now + 1000),
+            },
+            now: t(now),
+            rules: RULES,
+            theft_revocation_expires_at: t(now + 900),
+        })
+        .await
+        .unwrap()
 }
 
 /// The stored refresh token for `secret`, which must exist.
@@ -99,46 +135,122 @@ async fn a_taken_username_is_a_conflict(backend: Backend) {
     );
 }
 
-async fn only_one_spend_of_a_refresh_token_succeeds(backend: Backend) {
+async fn only_one_rotation_of_a_refresh_token_succeeds_and_the_successor_keeps_its_scopes(
+    backend: Backend,
+) {
+    let (store, _db) = open(backend).await;
+    store.insert_user(&user("s1"), t(1)).await.unwrap();
+    let mut wide = token("rt-1", 1000);
+    wide.scopes = ScopeSet::parse_list(&["read", "write"]).unwrap();
+    assert!(
+        store
+            .create_session(
+                &NewSession {
+                    sid: "s1".into(),
+                    user_id: "id-s1".into(),
+                    audience: Audience::parse("api").unwrap(),
+                    created_at: t(100),
+                },
+                &wide,
+            )
+            .await
+            .unwrap()
+    );
+    // Narrowed for the access token only.
+    let Exchange::Issued { record, replay } =
+        exchange(&*store, "rt-1", "rt-2", 200, &["read"]).await
+    else {
+        panic!("the first presentation rotates");
+    };
+    assert!(!replay);
+    assert_eq!(record.sid, "s1");
+    assert!(matches!(
+        stored(&*store, "rt-1").await.state,
+        RefreshTokenState::Spent {
+            successor_used: false,
+            replays: 0,
+            ..
+        }
+    ));
+    assert_eq!(
+        stored(&*store, "rt-2").await.scopes,
+        ScopeSet::parse_list(&["read", "write"]).unwrap(),
+        "the successor kept the presented token's scopes"
+    );
+    // Using the successor marks it used on the spent token.
+    assert!(matches!(
+        exchange(&*store, "rt-2", "rt-3", 201, &[]).await,
+        Exchange::Issued { replay: false, .. }
+    ));
+    assert!(matches!(
+        stored(&*store, "rt-1").await.state,
+        RefreshTokenState::Spent {
+            successor_used: true,
+            ..
+        }
+    ));
+    // A scope the token never held is refused, and nothing is written.
+    assert!(matches!(
+        exchange(&*store, "rt-3", "rt-4", 202, &["admin"]).await,
+        Exchange::ScopeNotAllowed(_)
+    ));
+    assert_eq!(
+        stored(&*store, "rt-3").await.state,
+        RefreshTokenState::Active
+    );
+    assert!(
+        store
+            .find_refresh_token(&SecretHash::of("rt-4"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // An expired token is refused.
+    assert!(matches!(
+        exchange(&*store, "rt-3", "rt-5", 5000, &[]).await,
+        Exchange::Refused
+    ));
+    assert!(matches!(
+        exchange(&*store, "unknown", "rt-6", 202, &[]).await,
+        Exchange::Refused
+    ));
+}
+
+async fn a_replay_supersedes_the_unused_successor_and_presenting_that_is_theft(backend: Backend) {
     let (store, _db) = open(backend).await;
     session(&*store, "s1", "rt-1").await;
-    let presented = SecretHash::of("rt-1");
-    assert!(
-        store
-            .spend_refresh_token(&presented, &token("rt-2", 1000), t(200))
-            .await
-            .unwrap()
+    assert!(matches!(
+        exchange(&*store, "rt-1", "rt-2", 200, &[]).await,
+        Exchange::Issued { replay: false, .. }
+    ));
+    // The same token again, inside the grace window, successor unused: a replay.
+    assert!(matches!(
+        exchange(&*store, "rt-1", "rt-3", 201, &[]).await,
+        Exchange::Issued { replay: true, .. }
+    ));
+    assert_eq!(
+        stored(&*store, "rt-2").await.state,
+        RefreshTokenState::Superseded
     );
-    assert!(
-        !store
-            .spend_refresh_token(&presented, &token("rt-3", 1000), t(201))
-            .await
-            .unwrap()
+    assert_eq!(
+        stored(&*store, "rt-3").await.state,
+        RefreshTokenState::Active
     );
-    let spent = store.find_refresh_token(&presented).await.unwrap().unwrap();
-    assert_eq!(spent.state, RefreshTokenState::Spent { at: t(200) });
-    assert!(
-        store
-            .find_refresh_token(&SecretHash::of("rt-2"))
-            .await
-            .unwrap()
-            .is_some()
+    // Whoever holds the superseded successor is not the one who replayed.
+    let Exchange::TheftDetected { revocation, .. } =
+        exchange(&*store, "rt-2", "rt-4", 202, &[]).await
+    else {
+        panic!("presenting a superseded token is theft");
+    };
+    assert_eq!(revocation.kind, RevocationKind::Session);
+    assert_eq!(revocation.value, "s1");
+    assert_eq!(
+        stored(&*store, "rt-3").await.state,
+        RefreshTokenState::Revoked
     );
-    assert!(
-        store
-            .find_refresh_token(&SecretHash::of("rt-3"))
-            .await
-            .unwrap()
-            .is_none(),
-        "a loser's successor was stored"
-    );
-    // An expired token cannot be spent.
-    assert!(
-        !store
-            .spend_refresh_token(&SecretHash::of("rt-2"), &token("rt-4", 2000), t(1000))
-            .await
-            .unwrap()
-    );
+    let log = store.revocations_after(0, t(202), 10).await.unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].1, revocation);
 }
 
 async fn no_token_is_added_to_a_revoked_session(backend: Backend) {
@@ -155,17 +267,16 @@ async fn no_token_is_added_to_a_revoked_session(backend: Backend) {
         !store.revoke_session(&entry).await.unwrap(),
         "revoked twice"
     );
+    assert!(matches!(
+        exchange(&*store, "rt-1", "rt-2", 301, &[]).await,
+        Exchange::Refused
+    ));
     assert!(
-        !store
-            .add_refresh_token("s1", &token("rt-2", 1000))
+        store
+            .find_refresh_token(&SecretHash::of("rt-2"))
             .await
             .unwrap()
-    );
-    assert!(
-        !store
-            .spend_refresh_token(&SecretHash::of("rt-1"), &token("rt-3", 1000), t(301))
-            .await
-            .unwrap()
+            .is_none()
     );
     assert_eq!(
         stored(&*store, "rt-1").await.state,
@@ -176,7 +287,30 @@ async fn no_token_is_added_to_a_revoked_session(backend: Backend) {
     assert_eq!(log[0].1, entry);
 }
 
-async fn disabling_a_user_revokes_their_sessions_and_logs_the_subject(backend: Backend) {
+async fn no_session_is_created_for_a_disabled_user(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    store.insert_user(&user("alice"), t(1)).await.unwrap();
+    store
+        .disable_user(&Username::parse("alice").unwrap(), t(50), t(900))
+        .await
+        .unwrap();
+    assert!(!create_session(&*store, "alice", "rt-1").await);
+    assert!(
+        store
+            .find_refresh_token(&SecretHash::of("rt-1"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        !create_session(&*store, "nobody", "rt-2").await,
+        "unknown user"
+    );
+}
+
+async fn disabling_a_user_revokes_their_sessions_and_logs_each_session_and_the_subject(
+    backend: Backend,
+) {
     let (store, _db) = open(backend).await;
     session(&*store, "alice", "rt-1").await;
     let id = store
@@ -196,9 +330,20 @@ async fn disabling_a_user_revokes_their_sessions_and_logs_the_subject(backend: B
         stored(&*store, "rt-1").await.state,
         RefreshTokenState::Revoked
     );
-    let log = store.revocations_after(0, t(401), 10).await.unwrap();
-    assert_eq!(log[0].1.kind, RevocationKind::Subject);
-    assert_eq!(log[0].1.value, "id-alice");
+    let log: Vec<_> = store
+        .revocations_after(0, t(401), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| (e.kind, e.value))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            (RevocationKind::Session, "alice".to_owned()),
+            (RevocationKind::Subject, "id-alice".to_owned())
+        ]
+    );
     assert!(
         store
             .disable_user(&Username::parse("nobody").unwrap(), t(400), t(900))
