@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use tessera_token::Algorithm;
 
 use crate::{
-    domain::{HashingSettings, MAX_REFRESH_REUSE_GRACE, TokenSettings},
+    domain::{HashingSettings, MAX_REFRESH_REUSE_GRACE, ThrottleSettings, TokenSettings},
     follow::FollowSettings,
     model::Audience,
 };
@@ -37,6 +37,9 @@ mod defaults {
     pub(super) const ARGON2_ITERATIONS: u32 = 2;
     pub(super) const ARGON2_PARALLELISM: u32 = 1;
     pub(super) const HASHING_QUEUE: usize = 256;
+    pub(super) const PASSWORD_MIN_LENGTH: usize = 8;
+    pub(super) const LOGIN_FAILURES_BEFORE_DELAY: u32 = 5;
+    pub(super) const LOGIN_MAX_IN_FLIGHT_PER_PEER: usize = 16;
     pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
@@ -59,6 +62,10 @@ pub struct Settings {
     pub signing_alg: Algorithm,
     /// Argon2id cost and pool bounds.
     pub hashing: HashingSettings,
+    /// How credential guessing is slowed.
+    pub throttle: ThrottleSettings,
+    /// Shortest password `user add` and `user set-password` accept.
+    pub password_min_length: usize,
     /// How the revocation log and keys are followed.
     pub follow: FollowSettings,
     /// How old the revocation state may get before Introspect fails closed.
@@ -107,7 +114,10 @@ impl Settings {
                 parallelism: defaults::ARGON2_PARALLELISM,
                 max_concurrent: default_hashing_concurrency(),
                 max_waiting: defaults::HASHING_QUEUE,
+                allow_weak: false,
             },
+            throttle: ThrottleSettings::default(),
+            password_min_length: defaults::PASSWORD_MIN_LENGTH,
             follow: FollowSettings {
                 poll_interval: defaults::REVOCATION_POLL_INTERVAL,
                 key_refresh_interval: defaults::KEY_REFRESH_INTERVAL,
@@ -141,6 +151,15 @@ impl Settings {
                 "must be at most 60s: a longer window only helps a thief",
             );
         }
+        if let Err(reason) = self.hashing.check() {
+            return Err(SettingsError {
+                name: "TESSERA_ARGON2_MEMORY_KIB / TESSERA_ARGON2_ITERATIONS",
+                reason,
+            });
+        }
+        if self.password_min_length == 0 {
+            return invalid("TESSERA_PASSWORD_MIN_LENGTH", "must be at least 1");
+        }
         if self.revocation_stale_after <= self.follow.poll_interval {
             return invalid(
                 "TESSERA_REVOCATION_STALE_AFTER",
@@ -151,8 +170,10 @@ impl Settings {
     }
 }
 
+/// Half the CPUs (at least one): a login storm must not take every core
+/// from Introspect.
 fn default_hashing_concurrency() -> usize {
-    std::thread::available_parallelism().map_or(2, usize::from)
+    std::thread::available_parallelism().map_or(1, |n| (usize::from(n) / 2).max(1))
 }
 
 /// Flags shared by every command, each also read from the environment.
@@ -244,7 +265,11 @@ pub struct Options {
     #[arg(long, env = "TESSERA_ARGON2_PARALLELISM", default_value_t = defaults::ARGON2_PARALLELISM, global = true)]
     pub argon2_parallelism: u32,
 
-    /// Password hashes computed at once (default: one per CPU).
+    /// Accept argon2id parameters below OWASP's floor.
+    #[arg(long, env = "TESSERA_ARGON2_ALLOW_WEAK", global = true)]
+    pub argon2_allow_weak: bool,
+
+    /// Password hashes computed at once (default: half the CPUs, at least one).
     #[arg(long, env = "TESSERA_HASHING_CONCURRENCY", global = true)]
     pub hashing_concurrency: Option<usize>,
 
@@ -255,6 +280,19 @@ pub struct Options {
     /// Longest time one RPC may take.
     #[arg(long, env = "TESSERA_REQUEST_TIMEOUT", default_value_t = defaults::REQUEST_TIMEOUT.into(), global = true)]
     pub request_timeout: humantime::Duration,
+
+    /// Shortest password accepted by `user add` and `user set-password`.
+    #[arg(long, env = "TESSERA_PASSWORD_MIN_LENGTH", default_value_t = defaults::PASSWORD_MIN_LENGTH, global = true)]
+    pub password_min_length: usize,
+
+    /// Failed logins for one account from one address before each further
+    /// one doubles a delay (1 s, 2 s, ... 15 min) for that pair.
+    #[arg(long, env = "TESSERA_LOGIN_FAILURES_BEFORE_DELAY", default_value_t = defaults::LOGIN_FAILURES_BEFORE_DELAY, global = true)]
+    pub login_failures_before_delay: u32,
+
+    /// Logins one address may have waiting or hashing at once.
+    #[arg(long, env = "TESSERA_LOGIN_MAX_IN_FLIGHT_PER_PEER", default_value_t = defaults::LOGIN_MAX_IN_FLIGHT_PER_PEER, global = true)]
+    pub login_max_in_flight_per_peer: usize,
 }
 
 /// A setting that does not make sense.
@@ -297,7 +335,14 @@ impl Options {
                 .hashing_concurrency
                 .unwrap_or_else(default_hashing_concurrency),
             max_waiting: self.hashing_queue,
+            allow_weak: self.argon2_allow_weak,
         };
+        settings.throttle = ThrottleSettings {
+            failures_before_delay: self.login_failures_before_delay,
+            max_in_flight_per_peer: self.login_max_in_flight_per_peer.max(1),
+            ..ThrottleSettings::default()
+        };
+        settings.password_min_length = self.password_min_length;
         settings.follow = FollowSettings {
             poll_interval: self.revocation_poll_interval.into(),
             key_refresh_interval: self.key_refresh_interval.into(),

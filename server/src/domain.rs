@@ -32,6 +32,7 @@ mod mint;
 mod refresh;
 mod revoke;
 mod settings;
+mod throttle;
 
 pub use admin::{Admin, AdminError};
 pub(crate) use authenticate::Credentials;
@@ -43,6 +44,7 @@ pub(crate) use issue::IssueCommand;
 pub(crate) use mint::{Entitlement, Tokens};
 pub(crate) use settings::MAX_REFRESH_REUSE_GRACE;
 pub use settings::TokenSettings;
+pub use throttle::ThrottleSettings;
 
 /// The `client_id` written into tokens obtained with a password grant, which
 /// names a user but no OAuth client.
@@ -61,6 +63,8 @@ pub(crate) struct Authority {
     rules: VerifyRules,
     /// Introspect callers' bearer tokens whose signature was checked.
     bearers: introspect::BearerCache,
+    /// Slows credential guessing.
+    throttle: throttle::LoginThrottle,
 }
 
 impl Authority {
@@ -72,6 +76,7 @@ impl Authority {
         hasher: PasswordHasher,
         clock: Arc<dyn Clock>,
         settings: TokenSettings,
+        throttle: ThrottleSettings,
     ) -> Self {
         let rules = settings.verify_rules();
         Self {
@@ -83,6 +88,7 @@ impl Authority {
             settings,
             rules,
             bearers: introspect::BearerCache::default(),
+            throttle: throttle::LoginThrottle::new(throttle),
         }
     }
 

@@ -34,7 +34,7 @@ mod telemetry;
 
 pub use cli::{Cli, CliError};
 pub use config::{Options, Settings, SettingsError};
-pub use domain::{Admin, AdminError, HashingSettings, TokenSettings};
+pub use domain::{Admin, AdminError, HashingSettings, ThrottleSettings, TokenSettings};
 pub use follow::FollowSettings;
 pub use grpc::MAX_REQUEST_BYTES;
 pub use keys::{Kek, KekError, KeyError, KeyState, add_key, key_states};

@@ -117,6 +117,7 @@ impl Application {
             hasher,
             clock,
             settings.tokens.clone(),
+            settings.throttle.clone(),
         ));
 
         let (health, _) = tonic_health::server::health_reporter();
@@ -226,6 +227,7 @@ pub async fn open_admin(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Ad
         open_store(settings).await?,
         settings.tokens.clone(),
         settings.hashing.clone(),
+        settings.password_min_length,
         clock,
     ))
 }

@@ -283,6 +283,15 @@ pub trait Store: Send + Sync + 'static {
     /// Looks a user up by name.
     async fn find_user(&self, username: &Username) -> Result<Option<UserRecord>, StoreError>;
 
+    /// Replaces a user's password hash, only if it is still `old`. False
+    /// when it changed meanwhile (or the user is gone).
+    async fn replace_password_hash(
+        &self,
+        user_id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError>;
+
     /// Disables a user, revokes every session of theirs and appends a
     /// revocation for each of those sessions and for the subject,
     /// atomically. Returns the user's id, or `None` if unknown. The entries

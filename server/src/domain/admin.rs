@@ -23,6 +23,9 @@ pub enum AdminError {
     /// No such user.
     #[error("no user named {0}")]
     UnknownUser(String),
+    /// A password shorter than the configured minimum.
+    #[error("the password is shorter than {0} characters (TESSERA_PASSWORD_MIN_LENGTH)")]
+    PasswordTooShort(usize),
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -44,6 +47,7 @@ pub struct Admin {
     store: Arc<dyn Store>,
     tokens: TokenSettings,
     hashing: HashingSettings,
+    password_min_length: usize,
     clock: Arc<dyn Clock>,
 }
 
@@ -53,12 +57,14 @@ impl Admin {
         store: Arc<dyn Store>,
         tokens: TokenSettings,
         hashing: HashingSettings,
+        password_min_length: usize,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             store,
             tokens,
             hashing,
+            password_min_length,
             clock,
         }
     }
@@ -71,6 +77,9 @@ impl Admin {
         scopes: ScopeSet,
         audiences: Vec<Audience>,
     ) -> Result<String, AdminError> {
+        if password.chars() < self.password_min_length {
+            return Err(AdminError::PasswordTooShort(self.password_min_length));
+        }
         let hasher = PasswordHasher::new(&self.hashing)?;
         let user = UserRecord {
             id: random_id(),

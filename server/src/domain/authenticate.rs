@@ -40,6 +40,17 @@ pub(crate) struct Principal {
     pub audiences: Vec<Audience>,
 }
 
+impl Credentials {
+    /// What the throttle and the audit log call the account: the username
+    /// or client id as presented (known or not).
+    pub(crate) fn account(&self) -> String {
+        match self {
+            Self::Password { username, .. } => format!("user:{username}"),
+            Self::ClientSecret { client_id, .. } => format!("client:{client_id}"),
+        }
+    }
+}
+
 impl Principal {
     /// What a token for this principal carries, given the scopes and
     /// audience asked for (empty scopes: all allowed; no audience: the
@@ -81,18 +92,23 @@ impl Authority {
         match credentials {
             Credentials::Password { username, password } => {
                 let user = self.store.find_user(&username).await?;
-                let matches = self
+                let verified = self
                     .hasher
                     .verify(&password, user.as_ref().map(|u| u.password_hash.as_str()))
                     .await?;
                 match user {
-                    Some(user) if matches && !user.disabled => Ok(Principal {
-                        subject: user.id,
-                        client_id: PASSWORD_GRANT_CLIENT_ID.to_owned(),
-                        is_user: true,
-                        scopes: user.scopes,
-                        audiences: user.audiences,
-                    }),
+                    Some(user) if verified.matches && !user.disabled => {
+                        if verified.needs_rehash {
+                            self.rehash(user.id.clone(), user.password_hash, password);
+                        }
+                        Ok(Principal {
+                            subject: user.id,
+                            client_id: PASSWORD_GRANT_CLIENT_ID.to_owned(),
+                            is_user: true,
+                            scopes: user.scopes,
+                            audiences: user.audiences,
+                        })
+                    }
                     _ => Err(AuthError::InvalidCredentials),
                 }
             }
@@ -116,5 +132,31 @@ impl Authority {
                 }
             }
         }
+    }
+}
+
+impl Authority {
+    /// Stores a new hash of a password that just verified against a hash
+    /// made with older parameters, in the background (the login does not
+    /// wait), unless the hash changed meanwhile (a `set-password`).
+    fn rehash(&self, user_id: String, old_hash: String, password: Password) {
+        let hasher = self.hasher.clone();
+        let store = std::sync::Arc::clone(&self.store);
+        tokio::spawn(async move {
+            let result = match hasher.hash(&password).await {
+                Ok(new_hash) => store
+                    .replace_password_hash(&user_id, &old_hash, &new_hash)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(true) => {
+                    tracing::info!(sub = %user_id, "password rehashed with the current argon2 parameters");
+                }
+                Ok(false) => {}
+                Err(error) => tracing::warn!(sub = %user_id, %error, "could not rehash a password"),
+            }
+        });
     }
 }

@@ -36,9 +36,14 @@ pub enum AuthError {
     /// An audience the principal may not ask for.
     #[error("audience {0} is not allowed")]
     AudienceNotAllowed(Audience),
-    /// Too much password hashing is already waiting.
-    #[error("throttled")]
-    Throttled,
+    /// Too much password hashing is already waiting, or too many logins
+    /// from this address are in flight.
+    #[error("too many logins in progress")]
+    Busy,
+    /// Too many recent failures for this account from this address (or
+    /// from this address): retry after this long.
+    #[error("too many failed logins; retry in {}s", .0.as_secs().max(1))]
+    Throttled(std::time::Duration),
     /// The revocation state is older than its bound: answering could honour a
     /// revoked token, so nothing is answered.
     #[error("revocation state is stale")]
@@ -70,7 +75,7 @@ impl AuthError {
 impl From<HashError> for AuthError {
     fn from(e: HashError) -> Self {
         match e {
-            HashError::Throttled => Self::Throttled,
+            HashError::Throttled => Self::Busy,
             other => Self::Hash(other),
         }
     }

@@ -1,8 +1,10 @@
 //! Issue: credentials for tokens (RFC 6749 §4.3 and §4.4).
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use tracing::instrument;
 
-use super::{AuthError, Authority, Credentials, Tokens};
+use super::{AuthError, Authority, Credentials, Tokens, throttle::Refusal};
 use crate::{
     model::{Audience, ScopeSet, random_id},
     store::NewSession,
@@ -17,6 +19,8 @@ pub(crate) struct IssueCommand {
     pub scopes: ScopeSet,
     /// Requested audience; `None` means the default.
     pub audience: Option<Audience>,
+    /// The caller's address, for throttling and the audit log.
+    pub peer: Option<IpAddr>,
 }
 
 impl Authority {
@@ -29,7 +33,32 @@ impl Authority {
             Credentials::ClientSecret { .. } => "client_credentials",
         };
         tracing::Span::current().record("grant", grant);
-        let principal = self.authenticate(command.credentials).await?;
+        let account = command.credentials.account();
+        let peer = command.peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let _admitted = self.throttle.admit(&account, peer).map_err(|refusal| {
+            tracing::info!(target: "tessera::audit", event = "login_throttled", grant, account, %peer);
+            match refusal {
+                Refusal::Delayed(wait) => AuthError::Throttled(wait),
+                Refusal::Busy => AuthError::Busy,
+            }
+        })?;
+        let principal = match self.authenticate(command.credentials).await {
+            Ok(principal) => {
+                self.throttle.succeeded(&account, peer);
+                principal
+            }
+            Err(AuthError::InvalidCredentials) => {
+                tracing::info!(target: "tessera::audit", event = "login_failed", grant, account, %peer);
+                if let Some(delay) = self.throttle.failed(&account, peer) {
+                    tracing::warn!(
+                        account, %peer, delay_secs = delay.as_secs(),
+                        "repeated failed logins: throttling this account from this address"
+                    );
+                }
+                return Err(AuthError::InvalidCredentials);
+            }
+            Err(e) => return Err(e),
+        };
         let entitlement = principal.entitlement(
             &command.scopes,
             command.audience,

@@ -39,47 +39,48 @@ pub(super) fn bearer_token(metadata: &MetadataMap) -> Result<Option<&str>, tonic
         .transpose()
 }
 
-impl TryFrom<IssueRequest> for IssueCommand {
-    type Error = AuthError;
-
-    fn try_from(request: IssueRequest) -> Result<Self, Self::Error> {
-        let credentials = match request.grant {
-            None => {
-                return Err(InvalidInput::new(
-                    "a password or client_credentials grant is required",
-                )
+/// An Issue request, validated, with the caller's address.
+pub(super) fn issue_command(
+    request: tonic::Request<IssueRequest>,
+) -> Result<IssueCommand, AuthError> {
+    let peer = request.remote_addr().map(|addr| addr.ip());
+    let request = request.into_inner();
+    let credentials = match request.grant {
+        None => {
+            return Err(
+                InvalidInput::new("a password or client_credentials grant is required").into(),
+            );
+        }
+        Some(PbGrant::Password(p)) => Credentials::Password {
+            username: Username::parse(&p.username)?,
+            password: Password::parse(SecretString::from(p.password))?,
+        },
+        Some(PbGrant::ClientCredentials(c)) => {
+            if c.client_secret.is_empty() {
+                return Err(InvalidInput::new("client_secret is required").into());
+            }
+            if c.client_secret.len() > MAX_CLIENT_SECRET_BYTES {
+                return Err(InvalidInput::new(format!(
+                    "client_secret is longer than {MAX_CLIENT_SECRET_BYTES} bytes"
+                ))
                 .into());
             }
-            Some(PbGrant::Password(p)) => Credentials::Password {
-                username: Username::parse(&p.username)?,
-                password: Password::parse(SecretString::from(p.password))?,
-            },
-            Some(PbGrant::ClientCredentials(c)) => {
-                if c.client_secret.is_empty() {
-                    return Err(InvalidInput::new("client_secret is required").into());
-                }
-                if c.client_secret.len() > MAX_CLIENT_SECRET_BYTES {
-                    return Err(InvalidInput::new(format!(
-                        "client_secret is longer than {MAX_CLIENT_SECRET_BYTES} bytes"
-                    ))
-                    .into());
-                }
-                Credentials::ClientSecret {
-                    client_id: ClientId::parse(&c.client_id)?,
-                    secret: SecretString::from(c.client_secret),
-                }
+            Credentials::ClientSecret {
+                client_id: ClientId::parse(&c.client_id)?,
+                secret: SecretString::from(c.client_secret),
             }
-        };
-        let audience = match request.audience.as_str() {
-            "" => None,
-            a => Some(Audience::parse(a)?),
-        };
-        Ok(Self {
-            credentials,
-            scopes: ScopeSet::parse_list(&request.scopes)?,
-            audience,
-        })
-    }
+        }
+    };
+    let audience = match request.audience.as_str() {
+        "" => None,
+        a => Some(Audience::parse(a)?),
+    };
+    Ok(IssueCommand {
+        credentials,
+        scopes: ScopeSet::parse_list(&request.scopes)?,
+        audience,
+        peer,
+    })
 }
 
 /// Issue and Refresh answer with the same fields.

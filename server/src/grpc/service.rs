@@ -10,9 +10,9 @@ use tessera::pb::{
 };
 use tonic::{Request, Response, Status};
 
-use super::convert::{bearer_token, required_token};
+use super::convert::{bearer_token, issue_command, required_token};
 use crate::{
-    domain::{AuthError, Authority, IssueCommand},
+    domain::{AuthError, Authority},
     model::ScopeSet,
 };
 
@@ -34,7 +34,7 @@ impl TokenService for TokenApi {
         &self,
         request: Request<IssueRequest>,
     ) -> Result<Response<IssueResponse>, Status> {
-        let command = IssueCommand::try_from(request.into_inner())?;
+        let command = issue_command(request)?;
         let tokens = self.authority.issue(command).await?;
         Ok(Response::new(tokens.into()))
     }

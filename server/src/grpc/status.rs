@@ -33,9 +33,11 @@ impl From<AuthError> for Status {
             AuthError::AudienceNotAllowed(audience) => {
                 Self::permission_denied(format!("audience {audience} is not allowed"))
             }
-            AuthError::Throttled => {
-                Self::resource_exhausted("too many logins in progress; retry later")
-            }
+            AuthError::Busy => Self::resource_exhausted("too many logins in progress; retry later"),
+            AuthError::Throttled(retry_after) => Self::resource_exhausted(format!(
+                "too many failed logins for this account from this address; retry in {}s",
+                retry_after.as_secs().max(1)
+            )),
             AuthError::Stale => {
                 tracing::warn!("refusing to answer: revocation state is stale");
                 Self::unavailable("revocation state is stale; retry on another replica")

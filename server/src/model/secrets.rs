@@ -49,8 +49,13 @@ impl Password {
     }
 
     /// The password itself, for the hasher only.
-    pub fn expose(&self) -> &str {
-        self.0.expose_secret()
+    pub(crate) fn secret(&self) -> &SecretString {
+        &self.0
+    }
+
+    /// Its length in characters.
+    pub(crate) fn chars(&self) -> usize {
+        self.0.expose_secret().chars().count()
     }
 }
 

@@ -325,6 +325,23 @@ impl Store for SqlStore {
         .transpose()
     }
 
+    #[tracing::instrument(name = "db.users.replace_password_hash", skip_all)]
+    async fn replace_password_hash(
+        &self,
+        user_id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2")
+                .bind(user_id)
+                .bind(old)
+                .bind(new)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     #[tracing::instrument(name = "db.users.disable", skip_all)]
     async fn disable_user(
         &self,

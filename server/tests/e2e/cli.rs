@@ -105,7 +105,7 @@ async fn an_operator_adds_principals_serves_and_stops_with_sigterm() {
 
     let duplicate = run_with_stdin(
         tessera(dir.path()).args(["user", "add", "alice", "--scope", "read"]),
-        "x\n",
+        "another long password\n",
     );
     assert!(!duplicate.status.success());
     assert!(String::from_utf8_lossy(&duplicate.stderr).contains("already exists"));
@@ -200,6 +200,18 @@ fn serve_on_postgres_without_a_key_encryption_key_refuses_to_start() {
         !stderr.contains("secret-password"),
         "database password leaked: {stderr}"
     );
+}
+
+#[test]
+fn user_add_refuses_a_password_shorter_than_the_minimum() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_with_stdin(
+        tessera(dir.path()).args(["user", "add", "alice", "--scope", "read"]),
+        "short\n",
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("shorter than 8"), "{stderr}");
 }
 
 #[test]

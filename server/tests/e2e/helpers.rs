@@ -160,6 +160,8 @@ pub(crate) fn settings_for(db: &TestDatabase) -> Settings {
     settings.database_max_connections = 4;
     settings.follow.poll_interval = Duration::from_millis(200);
     settings.revocation_stale_after = Duration::from_secs(5);
+    // Tests use short passwords for brevity; the rule has its own test.
+    settings.password_min_length = 1;
     settings
 }
 
@@ -339,6 +341,18 @@ impl TestApp {
             .introspect(request)
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// A client whose connections come from `local` (another loopback
+    /// address is another peer to the server).
+    pub(crate) async fn client_from(&self, local: &str) -> TokenServiceClient<Channel> {
+        let channel = self
+            .endpoint()
+            .local_address(Some(local.parse().unwrap()))
+            .connect()
+            .await
+            .unwrap();
+        TokenServiceClient::new(channel)
     }
 
     /// The server's address as a client endpoint.

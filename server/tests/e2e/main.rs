@@ -14,6 +14,7 @@ mod api;
 mod cli;
 mod client;
 mod faults;
+mod guessing;
 mod hostile_tokens;
 mod operations;
 mod replicas;
