@@ -14,6 +14,7 @@ use crate::{
     domain::{HashingSettings, MAX_REFRESH_REUSE_GRACE, ThrottleSettings, TokenSettings},
     follow::FollowSettings,
     model::Audience,
+    transport::ConnectionSettings,
 };
 
 /// The defaults, in one place for [`Settings::new`] and [`Options`].
@@ -40,6 +41,10 @@ mod defaults {
     pub(super) const PASSWORD_MIN_LENGTH: usize = 8;
     pub(super) const LOGIN_FAILURES_BEFORE_DELAY: u32 = 5;
     pub(super) const LOGIN_MAX_IN_FLIGHT_PER_PEER: usize = 16;
+    pub(super) const MAX_CONNECTIONS: usize = 10_000;
+    pub(super) const MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+    pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    pub(super) const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
     pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
@@ -74,6 +79,8 @@ pub struct Settings {
     pub migrate: bool,
     /// Longest time one RPC may take.
     pub request_timeout: Duration,
+    /// Connection bounds.
+    pub connections: ConnectionSettings,
 }
 
 /// The embedded SQLite database in `data_dir`.
@@ -125,6 +132,7 @@ impl Settings {
             revocation_stale_after: defaults::REVOCATION_STALE_AFTER,
             migrate: true,
             request_timeout: defaults::REQUEST_TIMEOUT,
+            connections: ConnectionSettings::default(),
         }
     }
 
@@ -293,6 +301,22 @@ pub struct Options {
     /// Logins one address may have waiting or hashing at once.
     #[arg(long, env = "TESSERA_LOGIN_MAX_IN_FLIGHT_PER_PEER", default_value_t = defaults::LOGIN_MAX_IN_FLIGHT_PER_PEER, global = true)]
     pub login_max_in_flight_per_peer: usize,
+
+    /// Open connections at most (kept under 3/4 of the open-file limit).
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS, global = true)]
+    pub max_connections: usize,
+
+    /// Open connections from one address at most.
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = defaults::MAX_CONNECTIONS_PER_ADDRESS, global = true)]
+    pub max_connections_per_address: usize,
+
+    /// How long a new connection may go without making a call.
+    #[arg(long, env = "TESSERA_HANDSHAKE_TIMEOUT", default_value_t = defaults::HANDSHAKE_TIMEOUT.into(), global = true)]
+    pub handshake_timeout: humantime::Duration,
+
+    /// How long a connection may stay open with no call in flight.
+    #[arg(long, env = "TESSERA_CONNECTION_IDLE_TIMEOUT", default_value_t = defaults::CONNECTION_IDLE_TIMEOUT.into(), global = true)]
+    pub connection_idle_timeout: humantime::Duration,
 }
 
 /// A setting that does not make sense.
@@ -343,6 +367,12 @@ impl Options {
             ..ThrottleSettings::default()
         };
         settings.password_min_length = self.password_min_length;
+        settings.connections = ConnectionSettings {
+            max_connections: self.max_connections.max(1),
+            max_connections_per_address: self.max_connections_per_address.max(1),
+            handshake_timeout: self.handshake_timeout.into(),
+            idle_timeout: self.connection_idle_timeout.into(),
+        };
         settings.follow = FollowSettings {
             poll_interval: self.revocation_poll_interval.into(),
             key_refresh_interval: self.key_refresh_interval.into(),
@@ -400,5 +430,6 @@ mod tests {
         assert_eq!(parsed.signing_alg, built.signing_alg);
         assert_eq!(parsed.revocation_stale_after, built.revocation_stale_after);
         assert_eq!(parsed.request_timeout, built.request_timeout);
+        assert_eq!(parsed.connections, built.connections);
     }
 }

@@ -97,10 +97,17 @@ impl Authority {
         self.keys.jwks_json()
     }
 
-    /// True when this replica can answer correctly: a key can sign and the
-    /// revocation state is fresh.
-    pub(crate) fn is_ready(&self) -> bool {
-        self.revocations.is_fresh() && self.keys.is_ready(self.clock.now())
+    /// Why this replica cannot answer correctly now; empty when it can.
+    pub(crate) fn unready_reasons(&self) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        if !self.revocations.is_fresh() {
+            reasons
+                .push("the revocation log could not be read recently (revocation state is stale)");
+        }
+        if !self.keys.is_ready(self.clock.now()) {
+            reasons.push("no signing key is active");
+        }
+        reasons
     }
 
     /// Signature, form and time checks; not revocation.

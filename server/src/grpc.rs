@@ -9,8 +9,11 @@ use tessera::pb::token_service_server::TokenServiceServer;
 use crate::domain::Authority;
 
 mod convert;
+mod deadline;
 mod service;
 mod status;
+
+pub(crate) use deadline::DeadlineLayer;
 
 pub(crate) use service::TokenApi;
 

@@ -16,6 +16,8 @@
 //! - `domain`: the use cases (issue, refresh, revoke, introspect, admin);
 //!   no gRPC, no SQL.
 //! - `grpc`: protobuf ↔ domain; `grpc::status` is the one error → status map.
+//! - `transport`: accepting connections within bounds (caps, handshake
+//!   and idle timeouts, accept backoff).
 //! - `config`: typed settings; `startup`: the only place that wires parts
 //!   together and serves; `cli`: the `tessera` command line;
 //!   `telemetry`: logs, OpenTelemetry, per-request spans.
@@ -31,6 +33,7 @@ mod revocation;
 mod startup;
 mod store;
 mod telemetry;
+mod transport;
 
 pub use cli::{Cli, CliError};
 pub use config::{Options, Settings, SettingsError};
@@ -51,3 +54,4 @@ pub use store::{
 };
 pub use telemetry::{Telemetry, TelemetryError, init as init_telemetry};
 pub use tessera_token::Algorithm;
+pub use transport::ConnectionSettings;

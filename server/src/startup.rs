@@ -6,23 +6,28 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use secrecy::{ExposeSecret, SecretString};
 use tessera::pb::token_service_server::TokenServiceServer;
 use tokio::task::JoinHandle;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::Settings,
     domain::{Admin, Authority, HashError, PasswordHasher},
     follow::DatabaseFollower,
-    grpc::{self, TokenApi},
+    grpc::{self, DeadlineLayer, TokenApi},
     keys::{self, Kek, KekError, KeyRing},
     model::Clock,
     revocation::RevocationState,
     store::{self, Backend, Store, StoreError},
     telemetry,
+    transport::{ActivityLayer, Listener},
 };
 
 /// How long in-flight calls may finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest reflection answer: Tessera's and health's descriptors fit many
+/// times over.
+const REFLECTION_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +69,7 @@ impl Drop for Background {
 /// A built, bound, not yet serving Tessera.
 #[derive(Debug)]
 pub struct Application {
-    incoming: TcpIncoming,
-    local_addr: SocketAddr,
+    listener: Listener,
     authority: Arc<Authority>,
     health: HealthReporter,
     request_timeout: Duration,
@@ -127,14 +131,9 @@ impl Application {
             settings.follow.poll_interval,
         ))));
 
-        // TCP keepalive finds dead peers the HTTP/2 pings cannot reach.
-        let incoming = TcpIncoming::bind(settings.listen_addr)?
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(60)));
-        let local_addr = incoming.local_addr()?;
+        let listener = Listener::bind(settings.listen_addr, settings.connections.clone()).await?;
         Ok(Self {
-            incoming,
-            local_addr,
+            listener,
             authority,
             health,
             request_timeout: settings.request_timeout,
@@ -144,7 +143,7 @@ impl Application {
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.listener.local_addr()
     }
 
     /// Serves until `shutdown` completes, then drains in-flight calls.
@@ -152,20 +151,29 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
+        // Every service gets the token service's message limits: requests
+        // are small, and reflection's answers are our own descriptors.
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tessera::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
-            .expect("the embedded descriptor sets are valid");
+            .expect("the embedded descriptor sets are valid")
+            .max_decoding_message_size(grpc::MAX_REQUEST_BYTES)
+            .max_encoding_message_size(REFLECTION_MAX_RESPONSE_BYTES);
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tessera::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
-            .expect("the embedded descriptor sets are valid");
+            .expect("the embedded descriptor sets are valid")
+            .max_decoding_message_size(grpc::MAX_REQUEST_BYTES)
+            .max_encoding_message_size(REFLECTION_MAX_RESPONSE_BYTES);
         let health_service = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(self.health),
-        );
-        tracing::info!(addr = %self.local_addr, "serving tessera.v1.TokenService");
+        )
+        .max_decoding_message_size(grpc::MAX_REQUEST_BYTES)
+        .max_encoding_message_size(grpc::MAX_REQUEST_BYTES);
+        let local_addr = self.listener.local_addr();
+        tracing::info!(addr = %local_addr, "serving tessera.v1.TokenService");
 
         // Graceful shutdown waits for connections to close, and a client may
         // keep an idle one open forever: in-flight calls get DRAIN_TIMEOUT.
@@ -192,14 +200,17 @@ impl Application {
             .http2_max_pending_accept_reset_streams(Some(100))
             .http2_max_local_error_reset_streams(Some(256))
             .http2_max_header_list_size(16 * 1024)
-            .timeout(self.request_timeout)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // Outermost: counts calls in flight per connection (the idle
+            // bound); then one deadline per call, on every service.
+            .layer(ActivityLayer)
+            .layer(DeadlineLayer::new(self.request_timeout))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(grpc::token_service(self.authority))
-            .serve_with_incoming_shutdown(self.incoming, signal);
+            .serve_with_incoming_shutdown(self.listener.incoming(), signal);
         tokio::select! {
             result = server => result,
             () = drain_deadline => {
@@ -286,15 +297,21 @@ async fn report_health(health: HealthReporter, authority: Arc<Authority>, every:
     let mut tick = tokio::time::interval(every.min(Duration::from_millis(500)));
     loop {
         tick.tick().await;
-        let ready = authority.is_ready();
+        let reasons = authority.unready_reasons();
+        let ready = reasons.is_empty();
         if last != Some(ready) {
             let status = if ready {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing
             };
-            if !ready {
-                tracing::warn!("not ready: reporting NOT_SERVING");
+            match (last, ready) {
+                (_, false) => tracing::warn!(
+                    reasons = %reasons.join("; "),
+                    "not ready: reporting NOT_SERVING, and Introspect fails closed"
+                ),
+                (Some(false), true) => tracing::info!("ready again: reporting SERVING"),
+                (_, true) => tracing::info!("ready: reporting SERVING"),
             }
             health.set_service_status("", status).await;
             health

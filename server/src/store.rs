@@ -70,12 +70,20 @@ impl From<sqlx::Error> for StoreError {
                 Self::Unavailable(e)
             }
             // SQLSTATE classes 08 (connection exception), 53 (insufficient
-            // resources, e.g. too many connections) and 57P (operator
-            // intervention: shutdown, database not accepting connections).
+            // resources, e.g. too many connections, disk full) and 57P
+            // (operator intervention: shutdown); and anything FATAL, which
+            // ends the connection (a database not accepting connections).
             sqlx::Error::Database(db)
                 if db.code().is_some_and(|c| {
                     c.starts_with("08") || c.starts_with("53") || c.starts_with("57P")
-                }) =>
+                }) || db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some_and(|pg| {
+                        matches!(
+                            pg.severity(),
+                            sqlx::postgres::PgSeverity::Fatal | sqlx::postgres::PgSeverity::Panic
+                        )
+                    }) =>
             {
                 Self::Unavailable(e)
             }

@@ -92,3 +92,44 @@ pub(crate) fn request_span(request: &http::Request<()>) -> tracing::Span {
     }
     span
 }
+
+/// A log line that speaks at most once per period and says how many times
+/// it held back: for failures that would otherwise log on every request.
+/// One per call site, as a `static` (like tracing's own call-site state).
+#[derive(Debug)]
+pub(crate) struct LogEvery {
+    /// When it last spoke, in milliseconds since the epoch.
+    last_ms: std::sync::atomic::AtomicI64,
+    held_back: std::sync::atomic::AtomicU64,
+}
+
+impl LogEvery {
+    pub(crate) const fn new() -> Self {
+        Self {
+            last_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+            held_back: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last time)` when the line may be
+    /// written now (at most once per `period`).
+    pub(crate) fn ready(&self, period: std::time::Duration) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let period = i64::try_from(period.as_millis()).unwrap_or(i64::MAX);
+        if now.saturating_sub(last) >= period
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.held_back.swap(0, Ordering::Relaxed))
+        } else {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}

@@ -12,6 +12,7 @@ use tonic::metadata::MetadataMap;
 use crate::{
     domain::{AuthError, Credentials, Introspection, IssueCommand, TokenKind, Tokens},
     model::{Audience, ClientId, InvalidInput, Password, ScopeSet, Username},
+    transport::PeerInfo,
 };
 
 /// Longest client secret accepted (Tessera's are 47 bytes).
@@ -43,7 +44,10 @@ pub(super) fn bearer_token(metadata: &MetadataMap) -> Result<Option<&str>, tonic
 pub(super) fn issue_command(
     request: tonic::Request<IssueRequest>,
 ) -> Result<IssueCommand, AuthError> {
-    let peer = request.remote_addr().map(|addr| addr.ip());
+    let peer = request
+        .extensions()
+        .get::<PeerInfo>()
+        .map(|peer| peer.remote_addr.ip());
     let request = request.into_inner();
     let credentials = match request.grant {
         None => {

@@ -3,12 +3,15 @@
 //! log gets the cause chain. Nothing secret is in either: the domain errors
 //! carry no credentials.
 
-use std::error::Error;
+use std::{error::Error, time::Duration};
 
 use tessera_token::INTROSPECT_SCOPE;
 use tonic::Status;
 
-use crate::domain::AuthError;
+use crate::{domain::AuthError, telemetry::LogEvery};
+
+/// Failures that hit every request while they last are logged at most this often.
+const LOG_PERIOD: Duration = Duration::from_secs(10);
 
 impl From<AuthError> for Status {
     fn from(e: AuthError) -> Self {
@@ -38,12 +41,15 @@ impl From<AuthError> for Status {
                 "too many failed logins for this account from this address; retry in {}s",
                 retry_after.as_secs().max(1)
             )),
+            // The health reporter logs the change of state, once.
             AuthError::Stale => {
-                tracing::warn!("refusing to answer: revocation state is stale");
                 Self::unavailable("revocation state is stale; retry on another replica")
             }
             _ if e.is_unavailable() => {
-                tracing::error!(error = %chain(&e), "database unavailable");
+                static UNAVAILABLE: LogEvery = LogEvery::new();
+                if let Some(held_back) = UNAVAILABLE.ready(LOG_PERIOD) {
+                    tracing::error!(error = %chain(&e), held_back, "database unavailable");
+                }
                 Self::unavailable("database unavailable")
             }
             _ => {

@@ -42,8 +42,14 @@ fn run_with_stdin(command: &mut Command, stdin: &str) -> Output {
 
 /// Starts `tessera serve` on a free port; returns it and the address it logged.
 fn serve(data_dir: &std::path::Path) -> (Child, String) {
-    let mut child = tessera(data_dir)
-        .args(["serve", "--listen-addr", "127.0.0.1:0"])
+    let mut command = tessera(data_dir);
+    command.args(["serve", "--listen-addr", "127.0.0.1:0"]);
+    serve_with(command)
+}
+
+/// Starts a prepared `serve` command; returns it and the address it logged.
+fn serve_with(mut command: Command) -> (Child, String) {
+    let mut child = command
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -223,4 +229,77 @@ fn user_add_refuses_a_password_over_1024_bytes() {
     );
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("1024"));
+}
+
+/// CPU seconds (user + system) process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_server_neither_spins_nor_stops_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new("bash");
+    command
+        .args(["-c", "ulimit -n 256 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_tessera"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "serve",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--handshake-timeout",
+            "2s",
+        ])
+        .env_remove("TESSERA_DATABASE_URL")
+        .env_remove("TESSERA_KEY_ENCRYPTION_KEY")
+        .env("RUST_LOG", "info");
+    let (mut server, addr) = serve_with(command);
+    let pid = server.id();
+
+    // More silent connections than the server has file descriptors.
+    let mut silent = Vec::new();
+    for _ in 0..400 {
+        if let Ok(Ok(socket)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(&addr),
+        )
+        .await
+        {
+            silent.push(socket);
+        }
+    }
+    let cpu_before = cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu = cpu_seconds(pid) - cpu_before;
+    assert!(
+        cpu < 0.5,
+        "the server used {cpu:.2} s of CPU in 2 s while saturated"
+    );
+
+    // The silent ones are closed at the handshake timeout, and calls work.
+    let served = async {
+        loop {
+            if let Ok(mut client) = TokenServiceClient::connect(format!("http://{addr}")).await
+                && client
+                    .get_jwks(tessera::pb::GetJwksRequest {})
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("the server stopped serving after its file descriptors ran out");
+    drop(silent);
+    server.kill().unwrap();
+    server.wait().unwrap();
 }

@@ -16,6 +16,7 @@ mod client;
 mod faults;
 mod guessing;
 mod hostile_tokens;
+mod limits;
 mod operations;
 mod replicas;
 mod restart;
