@@ -107,7 +107,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let verifier = IntrospectionVerifier::new(
         tessera_endpoint.connect_lazy(),
         auth,
-        IntrospectionConfig::default(),
+        // Tokens must be meant for this service; the storefront asks for
+        // Tessera's default audience, which this example's services share.
+        IntrospectionConfig::new("tessera"),
     );
     let rules = ScopeRules::new()
         .require("/shop.v1.Orders/Get", &["orders:read"])

@@ -9,6 +9,8 @@ use std::{
 use clap::{Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 
+use tessera_token::Algorithm;
+
 use crate::{
     config::{Options, Settings, SettingsError},
     domain::AdminError,
@@ -96,6 +98,11 @@ enum KeysCommand {
         /// has it by then.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         activate_in: Duration,
+        /// Algorithm of the new key (ES256, EdDSA or RS256); by default the
+        /// deployment's, that of the newest key. Not TESSERA_SIGNING_ALG,
+        /// which only chooses the first key of a new installation.
+        #[arg(long)]
+        alg: Option<Algorithm>,
     },
     /// List signing keys and where each is in its life.
     List,
@@ -198,26 +205,25 @@ async fn user(
 
 async fn keys(command: KeysCommand, settings: &Settings, now: UnixTime) -> Result<(), CliError> {
     let store = startup::open_store(settings).await?;
-    let retention = settings.tokens.key_retention();
+    let retention = settings.key_retention();
     match command {
-        KeysCommand::Rotate { activate_in } => {
+        KeysCommand::Rotate { activate_in, alg } => {
             let backend = Backend::of_url(settings.database_url.expose_secret())
                 .ok_or(StoreError::UnsupportedUrl)?;
             let kek = startup::load_kek(settings, backend)?;
             // Loading first proves this key-encryption key opens the existing
             // keys, so the new key is sealed under the one replicas use.
             let ring = KeyRing::load(&*store, kek, settings.signing_alg, retention, now).await?;
-            let (kid, activates_at) = keys::add_key(
-                &*store,
-                ring.kek(),
-                settings.signing_alg,
-                now,
-                now.plus(activate_in),
-            )
-            .await?;
+            let alg = match alg {
+                Some(alg) => alg,
+                None => keys::deployment_algorithm(&*store)
+                    .await?
+                    .unwrap_or(settings.signing_alg),
+            };
+            let (kid, activates_at) =
+                keys::add_key(&*store, ring.kek(), alg, now, now.plus(activate_in)).await?;
             println!(
-                "added {} key {kid}: published now, signing from {}",
-                settings.signing_alg,
+                "added {alg} key {kid}: published now, signing from {}",
                 format_time(activates_at)
             );
         }

@@ -27,6 +27,7 @@ mod defaults {
     pub(super) const ISSUER: &str = "tessera";
     pub(super) const AUDIENCE: &str = "tessera";
     pub(super) const ACCESS_TOKEN_TTL: Duration = Duration::from_secs(10 * 60);
+    pub(super) const ACCESS_TOKEN_MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
     pub(super) const REFRESH_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
     pub(super) const REFRESH_REUSE_GRACE: Duration = Duration::from_secs(10);
     pub(super) const CLOCK_LEEWAY: Duration = Duration::from_secs(5);
@@ -42,6 +43,7 @@ mod defaults {
     pub(super) const LOGIN_FAILURES_BEFORE_DELAY: u32 = 5;
     pub(super) const LOGIN_MAX_IN_FLIGHT_PER_PEER: usize = 16;
     pub(super) const MAX_CONNECTIONS: usize = 10_000;
+    pub(super) const PRUNE_INTERVAL: Duration = Duration::from_secs(10 * 60);
     pub(super) const MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
     pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     pub(super) const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -81,6 +83,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Connection bounds.
     pub connections: ConnectionSettings,
+    /// How often expired rows are deleted.
+    pub prune_interval: Duration,
 }
 
 /// The embedded SQLite database in `data_dir`.
@@ -108,6 +112,7 @@ impl Settings {
                 default_audience: Audience::parse(defaults::AUDIENCE)
                     .expect("a valid default audience"),
                 access_token_ttl: defaults::ACCESS_TOKEN_TTL,
+                access_token_max_lifetime: defaults::ACCESS_TOKEN_MAX_LIFETIME,
                 refresh_token_ttl: defaults::REFRESH_TOKEN_TTL,
                 refresh_reuse_grace: defaults::REFRESH_REUSE_GRACE,
                 leeway: defaults::CLOCK_LEEWAY,
@@ -133,7 +138,15 @@ impl Settings {
             migrate: true,
             request_timeout: defaults::REQUEST_TIMEOUT,
             connections: ConnectionSettings::default(),
+            prune_interval: defaults::PRUNE_INTERVAL,
         }
+    }
+
+    /// How long after a key's successor activates the key must stay
+    /// published: its tokens' longest life, the leeway, and how late a
+    /// replica may learn of the successor (the key refresh backstop).
+    pub fn key_retention(&self) -> Duration {
+        self.tokens.key_retention(self.follow.key_refresh_interval)
     }
 
     /// Checks the settings make sense together.
@@ -149,6 +162,12 @@ impl Settings {
         }
         if self.tokens.access_token_ttl < Duration::from_secs(1) {
             return invalid("TESSERA_ACCESS_TOKEN_TTL", "must be at least 1s");
+        }
+        if self.tokens.access_token_ttl > self.tokens.access_token_max_lifetime {
+            return invalid(
+                "TESSERA_ACCESS_TOKEN_TTL",
+                "must not exceed TESSERA_ACCESS_TOKEN_MAX_LIFETIME",
+            );
         }
         if self.tokens.refresh_token_ttl < Duration::from_secs(1) {
             return invalid("TESSERA_REFRESH_TOKEN_TTL", "must be at least 1s");
@@ -230,6 +249,11 @@ pub struct Options {
     /// Access token lifetime.
     #[arg(long, env = "TESSERA_ACCESS_TOKEN_TTL", default_value_t = defaults::ACCESS_TOKEN_TTL.into(), global = true)]
     pub access_token_ttl: humantime::Duration,
+
+    /// The longest access token lifetime (exp - iat) accepted, whatever the
+    /// TTL: keep it above every TTL any replica uses.
+    #[arg(long, env = "TESSERA_ACCESS_TOKEN_MAX_LIFETIME", default_value_t = defaults::ACCESS_TOKEN_MAX_LIFETIME.into(), global = true)]
+    pub access_token_max_lifetime: humantime::Duration,
 
     /// Refresh token lifetime (renewed by each rotation).
     #[arg(long, env = "TESSERA_REFRESH_TOKEN_TTL", default_value_t = defaults::REFRESH_TOKEN_TTL.into(), global = true)]
@@ -314,6 +338,10 @@ pub struct Options {
     #[arg(long, env = "TESSERA_HANDSHAKE_TIMEOUT", default_value_t = defaults::HANDSHAKE_TIMEOUT.into(), global = true)]
     pub handshake_timeout: humantime::Duration,
 
+    /// How often expired revocation entries, refresh tokens and sessions are deleted.
+    #[arg(long, env = "TESSERA_PRUNE_INTERVAL", default_value_t = defaults::PRUNE_INTERVAL.into(), global = true)]
+    pub prune_interval: humantime::Duration,
+
     /// How long a connection may stay open with no call in flight.
     #[arg(long, env = "TESSERA_CONNECTION_IDLE_TIMEOUT", default_value_t = defaults::CONNECTION_IDLE_TIMEOUT.into(), global = true)]
     pub connection_idle_timeout: humantime::Duration,
@@ -346,6 +374,7 @@ impl Options {
                 }
             })?,
             access_token_ttl: self.access_token_ttl.into(),
+            access_token_max_lifetime: self.access_token_max_lifetime.into(),
             refresh_token_ttl: self.refresh_token_ttl.into(),
             refresh_reuse_grace: self.refresh_reuse_grace.into(),
             leeway: self.clock_leeway.into(),
@@ -367,6 +396,7 @@ impl Options {
             ..ThrottleSettings::default()
         };
         settings.password_min_length = self.password_min_length;
+        settings.prune_interval = self.prune_interval.into();
         settings.connections = ConnectionSettings {
             max_connections: self.max_connections.max(1),
             max_connections_per_address: self.max_connections_per_address.max(1),
@@ -431,5 +461,6 @@ mod tests {
         assert_eq!(parsed.revocation_stale_after, built.revocation_stale_after);
         assert_eq!(parsed.request_timeout, built.request_timeout);
         assert_eq!(parsed.connections, built.connections);
+        assert_eq!(parsed.prune_interval, built.prune_interval);
     }
 }

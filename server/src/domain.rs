@@ -59,8 +59,10 @@ pub(crate) struct Authority {
     hasher: PasswordHasher,
     clock: Arc<dyn Clock>,
     settings: TokenSettings,
-    /// Derived from `settings` once, not per request.
+    /// Derived from `settings` once, not per request: for any token, and
+    /// for an Introspect caller's bearer (which must be meant for Tessera).
     rules: VerifyRules,
+    bearer_rules: VerifyRules,
     /// Introspect callers' bearer tokens whose signature was checked.
     bearers: introspect::BearerCache,
     /// Slows credential guessing.
@@ -79,6 +81,7 @@ impl Authority {
         throttle: ThrottleSettings,
     ) -> Self {
         let rules = settings.verify_rules();
+        let bearer_rules = settings.introspect_bearer_rules();
         Self {
             store,
             keys,
@@ -87,6 +90,7 @@ impl Authority {
             clock,
             settings,
             rules,
+            bearer_rules,
             bearers: introspect::BearerCache::default(),
             throttle: throttle::LoginThrottle::new(throttle),
         }
@@ -112,10 +116,18 @@ impl Authority {
 
     /// Signature, form and time checks; not revocation.
     fn verify_access_token(&self, token: &str, now: UnixTime) -> Option<AccessClaims> {
+        self.verify_with(token, &self.rules, now).ok()
+    }
+
+    fn verify_with(
+        &self,
+        token: &str,
+        rules: &VerifyRules,
+        now: UnixTime,
+    ) -> Result<AccessClaims, tessera_token::Rejected> {
         self.keys
-            .verify(token, &self.rules, now)
+            .verify(token, rules, now)
             .inspect_err(|reason| tracing::debug!(%reason, "token rejected"))
-            .ok()
     }
 
     fn is_revoked(&self, claims: &AccessClaims) -> bool {

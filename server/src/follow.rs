@@ -4,7 +4,13 @@
 //! on a timer as the backstop, so a missed notification delays a change by
 //! at most one poll interval.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
 
@@ -27,6 +33,54 @@ pub struct FollowSettings {
     pub key_refresh_interval: Duration,
 }
 
+/// Whether this replica's clock agrees with the database's: the one clock
+/// every replica shares. Tokens a replica signs, and expiries it judges,
+/// are only right while the two agree within the verification leeway.
+#[derive(Debug)]
+pub(crate) struct ClockCheck {
+    tolerance: Duration,
+    in_step: AtomicBool,
+    /// The last measured difference, replica minus database, milliseconds.
+    skew_ms: AtomicI64,
+}
+
+impl ClockCheck {
+    pub(crate) fn new(tolerance: Duration) -> Self {
+        Self {
+            tolerance,
+            in_step: AtomicBool::new(true),
+            skew_ms: AtomicI64::new(0),
+        }
+    }
+
+    /// False while the last measurement was out of tolerance.
+    pub(crate) fn is_in_step(&self) -> bool {
+        self.in_step.load(Ordering::Relaxed)
+    }
+
+    /// Records a measurement; logs when the replica leaves or rejoins step.
+    fn record(&self, skew_ms: i64) {
+        self.skew_ms.store(skew_ms, Ordering::Relaxed);
+        let tolerance = i64::try_from(self.tolerance.as_millis()).unwrap_or(i64::MAX);
+        let in_step = skew_ms.abs() <= tolerance;
+        if self.in_step.swap(in_step, Ordering::Relaxed) != in_step {
+            if in_step {
+                tracing::info!(
+                    skew_ms,
+                    "this replica's clock is back in step with the database's"
+                );
+            } else {
+                tracing::warn!(
+                    skew_ms,
+                    tolerance_ms = tolerance,
+                    "this replica's clock differs from the database's by more than the leeway: \
+                     reporting NOT_SERVING until it is back in step (check NTP)"
+                );
+            }
+        }
+    }
+}
+
 /// Keeps a replica's in-memory state in step with the database.
 pub(crate) struct DatabaseFollower {
     /// Source of truth.
@@ -37,6 +91,8 @@ pub(crate) struct DatabaseFollower {
     pub(crate) keys: Arc<KeyRing>,
     /// Wall-clock time for expiry decisions.
     pub(crate) clock: Arc<dyn Clock>,
+    /// Compared with the database's clock at every poll.
+    pub(crate) clock_check: Arc<ClockCheck>,
     /// Intervals.
     pub(crate) settings: FollowSettings,
 }
@@ -70,7 +126,10 @@ impl DatabaseFollower {
                 }
             }
             tokio::select! {
-                _ = poll.tick() => self.sync_revocations().await,
+                _ = poll.tick() => {
+                    self.sync_revocations().await;
+                    self.check_clock().await;
+                }
                 _ = key_refresh.tick() => self.reload_keys().await,
                 change = next_change(&mut feed) => match change {
                     Ok(Change::Revocations) => self.sync_revocations().await,
@@ -91,6 +150,15 @@ impl DatabaseFollower {
     async fn sync_revocations(&self) {
         if let Err(e) = self.revocations.sync(&*self.store, self.clock.now()).await {
             tracing::warn!(error = %e, "cannot read the revocation log");
+        }
+    }
+
+    async fn check_clock(&self) {
+        let before = self.clock.now_ms();
+        if let Ok(database) = self.store.database_time_ms().await {
+            // Against the middle of the round trip.
+            let local = before + (self.clock.now_ms() - before) / 2;
+            self.clock_check.record(local - database);
         }
     }
 

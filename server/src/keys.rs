@@ -134,6 +134,15 @@ impl KeyRing {
             let (kid, _) = add_key(store, &ring.kek, alg, now, now).await?;
             tracing::info!(%kid, %alg, "generated the first signing key");
             ring.reload(store, now).await?;
+        } else if let Some(deployed) = deployment_algorithm(store).await?
+            && deployed != alg
+        {
+            tracing::warn!(
+                keys = %deployed,
+                configured = %alg,
+                "TESSERA_SIGNING_ALG differs from the deployment's keys, and only chooses the \
+                 first key of a new installation: run `tessera keys rotate --alg {alg}` to switch"
+            );
         }
         Ok(ring)
     }
@@ -224,6 +233,20 @@ impl KeyRing {
         let keys: Vec<&serde_json::Value> = snapshot.iter().map(|k| &k.public_jwk).collect();
         serde_json::json!({ "keys": keys }).to_string()
     }
+}
+
+/// The deployment's signing algorithm: that of the newest key, if any.
+/// Rotations keep it unless told otherwise, whatever the rotating process's
+/// own `TESSERA_SIGNING_ALG`.
+pub async fn deployment_algorithm(store: &dyn Store) -> Result<Option<Algorithm>, KeyError> {
+    let keys = store.signing_keys().await?;
+    keys.last()
+        .map(|k| {
+            k.alg
+                .parse()
+                .map_err(|e: tessera_token::UnknownAlgorithm| KeyError::Material(e.to_string()))
+        })
+        .transpose()
 }
 
 /// Generates, seals and stores a new key that signs from `activates_at`, or

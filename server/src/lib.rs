@@ -40,7 +40,7 @@ pub use config::{Options, Settings, SettingsError};
 pub use domain::{Admin, AdminError, HashingSettings, ThrottleSettings, TokenSettings};
 pub use follow::FollowSettings;
 pub use grpc::MAX_REQUEST_BYTES;
-pub use keys::{Kek, KekError, KeyError, KeyState, add_key, key_states};
+pub use keys::{Kek, KekError, KeyError, KeyState, add_key, deployment_algorithm, key_states};
 pub use model::{
     Audience, ClientId, Clock, ExchangeRules, InvalidInput, ManualClock, Password,
     RefreshTokenState, Revocation, RevocationKind, Scope, ScopeSet, SecretHash, SystemClock,
@@ -48,7 +48,7 @@ pub use model::{
 };
 pub use startup::{Application, StartupError, load_kek, open_admin, open_store, shutdown_signal};
 pub use store::{
-    Backend, ClientRecord, Exchange, ExchangeRequest, NewRefreshToken, NewSession,
+    Backend, ClientRecord, Exchange, ExchangeRequest, NewRefreshToken, NewSession, Pruned,
     RefreshTokenRecord, Store, StoreError, StoredKey, Successor, UserRecord,
     connect as connect_store,
 };

@@ -12,7 +12,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     config::Settings,
     domain::{Admin, Authority, HashError, PasswordHasher},
-    follow::DatabaseFollower,
+    follow::{ClockCheck, DatabaseFollower},
     grpc::{self, DeadlineLayer, TokenApi},
     keys::{self, Kek, KekError, KeyRing},
     model::Clock,
@@ -47,6 +47,17 @@ pub enum StartupError {
     /// The data folder or listening socket failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A file or folder could not be created, read or secured.
+    #[error("{what} {}: {source}", path.display())]
+    Path {
+        /// What it is.
+        what: &'static str,
+        /// Where.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl From<KekError> for StartupError {
@@ -96,7 +107,7 @@ impl Application {
                 &*store,
                 kek,
                 settings.signing_alg,
-                settings.tokens.key_retention(),
+                settings.key_retention(),
                 clock.now(),
             )
             .await?,
@@ -104,14 +115,22 @@ impl Application {
         let revocations = Arc::new(RevocationState::new(settings.revocation_stale_after));
         revocations.sync(&*store, clock.now()).await?;
 
+        let clock_check = Arc::new(ClockCheck::new(settings.tokens.leeway));
         let follower = DatabaseFollower {
             store: Arc::clone(&store),
             revocations: Arc::clone(&revocations),
             keys: Arc::clone(&keys),
             clock: Arc::clone(&clock),
+            clock_check: Arc::clone(&clock_check),
             settings: settings.follow,
         };
         let mut background = vec![Background(tokio::spawn(follower.run()))];
+
+        background.push(Background(tokio::spawn(prune(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            settings.prune_interval,
+        ))));
 
         let hasher = PasswordHasher::new(&settings.hashing)?;
         let authority = Arc::new(Authority::new(
@@ -128,6 +147,7 @@ impl Application {
         background.push(Background(tokio::spawn(report_health(
             health.clone(),
             Arc::clone(&authority),
+            clock_check,
             settings.follow.poll_interval,
         ))));
 
@@ -226,9 +246,81 @@ impl Application {
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartupError> {
     let url = settings.database_url.expose_secret();
     if Backend::of_url(url) == Some(Backend::Sqlite) {
-        create_private_dir(&settings.data_dir)?;
+        prepare_private_dir(&settings.data_dir)?;
+        if let Some(path) = sqlite_path(url) {
+            prepare_private_database(&path)?;
+        }
     }
     Ok(store::connect(url, settings.database_max_connections, settings.migrate).await?)
+}
+
+/// The file a `sqlite:` URL names, if it names one.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| path.into())
+}
+
+/// Creates the data folder with mode 0700, or makes an existing one private.
+fn prepare_private_dir(dir: &std::path::Path) -> Result<(), StartupError> {
+    let fail = |source| StartupError::Path {
+        what: "data folder",
+        path: dir.to_owned(),
+        source,
+    };
+    create_private_dir(dir).map_err(fail)?;
+    make_private(dir, 0o700).map_err(fail)
+}
+
+/// Creates the database file with mode 0600 before SQLite does (its
+/// journal files take the database file's mode), or makes existing ones
+/// private.
+fn prepare_private_database(path: &std::path::Path) -> Result<(), StartupError> {
+    let fail = |source| StartupError::Path {
+        what: "database file",
+        path: path.to_owned(),
+        source,
+    };
+    if !path.exists() {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(path).map_err(fail)?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = std::path::PathBuf::from(file);
+        if file.exists() {
+            make_private(&file, 0o600).map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes group and other permissions from `path`, saying so.
+#[cfg(unix)]
+fn make_private(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let current = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if current & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        tracing::warn!(
+            path = %path.display(),
+            was = format!("{current:o}"),
+            now = format!("{mode:o}"),
+            "made private: it holds tokens' state and keys"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_private(_: &std::path::Path, _: u32) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// User and client administration of the configured store, as the admin
@@ -256,9 +348,16 @@ pub fn load_kek(settings: &Settings, backend: Backend) -> Result<Kek, StartupErr
     }
     let path = settings.data_dir.join("key-encryption-key");
     match std::fs::read_to_string(&path) {
-        Ok(encoded) => Ok(Kek::from_base64(&SecretString::from(encoded))?),
+        Ok(encoded) => {
+            make_private(&path, 0o600).map_err(|source| StartupError::Path {
+                what: "key-encryption key",
+                path: path.clone(),
+                source,
+            })?;
+            Ok(Kek::from_base64(&SecretString::from(encoded))?)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_private_dir(&settings.data_dir)?;
+            prepare_private_dir(&settings.data_dir)?;
             let encoded = Kek::generate_base64();
             write_private_file(&path, encoded.expose_secret())?;
             tracing::warn!(
@@ -292,12 +391,21 @@ fn write_private_file(path: &std::path::Path, contents: &str) -> std::io::Result
 
 /// Keeps the health status in step with readiness: SERVING only while a key
 /// can sign and the revocation state is fresh.
-async fn report_health(health: HealthReporter, authority: Arc<Authority>, every: Duration) {
+async fn report_health(
+    health: HealthReporter,
+    authority: Arc<Authority>,
+    clock_check: Arc<ClockCheck>,
+    every: Duration,
+) {
     let mut last = None;
     let mut tick = tokio::time::interval(every.min(Duration::from_millis(500)));
     loop {
         tick.tick().await;
-        let reasons = authority.unready_reasons();
+        let mut reasons = authority.unready_reasons();
+        if !clock_check.is_in_step() {
+            reasons
+                .push("this replica's clock differs from the database's by more than the leeway");
+        }
         let ready = reasons.is_empty();
         if last != Some(ready) {
             let status = if ready {
@@ -321,6 +429,29 @@ async fn report_health(health: HealthReporter, authority: Arc<Authority>, every:
                 )
                 .await;
             last = Some(ready);
+        }
+    }
+}
+
+/// Rows deleted per pruning statement.
+const PRUNE_BATCH: i64 = 1000;
+
+/// Deletes expired rows every `every` (every replica does; the deletes are
+/// idempotent), an hour after they expired so no clock skew matters.
+async fn prune(store: Arc<dyn Store>, clock: Arc<dyn Clock>, every: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tick.tick().await;
+        let before = clock.now().minus(Duration::from_secs(3600));
+        match store.prune(before, PRUNE_BATCH).await {
+            Ok(pruned) if pruned != store::Pruned::default() => tracing::info!(
+                revocations = pruned.revocations,
+                refresh_tokens = pruned.refresh_tokens,
+                sessions = pruned.sessions,
+                "pruned expired rows"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot prune expired rows"),
         }
     }
 }

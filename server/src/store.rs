@@ -271,8 +271,9 @@ pub enum Change {
     Unknown,
 }
 
-/// A push feed of [`Change`]s (PostgreSQL LISTEN/NOTIFY). Polling stays the
-/// backstop, so a missed notification delays a change but never loses it.
+/// A feed of [`Change`]s: PostgreSQL LISTEN/NOTIFY, or SQLite's
+/// `data_version`. Polling stays the backstop, so a missed notification
+/// delays a change but never loses it.
 #[async_trait]
 pub trait ChangeFeed: Send {
     /// Waits for the next change.
@@ -369,6 +370,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// The database's clock, in milliseconds since the epoch.
     async fn database_time_ms(&self) -> Result<i64, StoreError>;
+
+    /// Deletes what can no longer matter: revocation entries and refresh
+    /// tokens that expired before `before`, then sessions left without a
+    /// refresh token. In batches of `batch` rows, each its own short
+    /// statement, so writers never wait long.
+    async fn prune(&self, before: UnixTime, batch: i64) -> Result<Pruned, StoreError>;
+}
+
+/// What [`Store::prune`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Revocation log entries.
+    pub revocations: u64,
+    /// Refresh tokens.
+    pub refresh_tokens: u64,
+    /// Sessions.
+    pub sessions: u64,
 }
 
 impl std::fmt::Debug for dyn Store {

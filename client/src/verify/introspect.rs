@@ -21,9 +21,12 @@ use tracing::Instrument;
 use super::{VerifiedClaims, Verifier, VerifyError, VerifyMetrics, unix_now};
 use crate::interceptor::AuthInterceptor;
 
-/// Cache bounds for [`IntrospectionVerifier`].
+/// What [`IntrospectionVerifier`] accepts, and its cache bounds.
 #[derive(Debug, Clone)]
 pub struct IntrospectionConfig {
+    /// This service's audience: an active token not meant for it (`aud`
+    /// without it) is refused, as [`super::JwksVerifier`] refuses it.
+    pub audience: String,
     /// Longest a positive answer is reused: how late a revocation may be noticed.
     pub revocation_budget: Duration,
     /// How long a negative answer is reused.
@@ -34,9 +37,12 @@ pub struct IntrospectionConfig {
     pub rpc_timeout: Duration,
 }
 
-impl Default for IntrospectionConfig {
-    fn default() -> Self {
+impl IntrospectionConfig {
+    /// Defaults (5 s revocation budget, 1 s negative answers, 100,000
+    /// entries, 2 s per call) for a service whose audience is `audience`.
+    pub fn new(audience: impl Into<String>) -> Self {
         Self {
+            audience: audience.into(),
             revocation_budget: Duration::from_secs(5),
             negative_ttl: Duration::from_secs(1),
             max_entries: 100_000,
@@ -136,6 +142,10 @@ impl IntrospectionVerifier {
                 Err(_) => return Err(VerifyError::Unavailable("introspection timed out".into())),
             };
         if !response.active || response.token_type != "access_token" {
+            return Err(VerifyError::Inactive);
+        }
+        if !response.aud.contains(&self.config.audience) {
+            tracing::debug!("active token refused: not meant for this service's audience");
             return Err(VerifyError::Inactive);
         }
         Ok(Arc::new(VerifiedClaims {

@@ -27,6 +27,12 @@ pub enum AuthError {
     /// A bearer token that is not an active access token.
     #[error("invalid bearer token")]
     InvalidBearer,
+    /// A bearer token that was valid but has expired.
+    #[error("expired bearer token")]
+    ExpiredBearer,
+    /// A valid bearer token meant for another service.
+    #[error("bearer token is not meant for Tessera")]
+    BearerNotForTessera,
     /// An active bearer token without the scope the call needs.
     #[error("insufficient scope")]
     InsufficientScope,

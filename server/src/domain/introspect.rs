@@ -5,7 +5,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use parking_lot::Mutex;
-use tessera_token::{AccessClaims, INTROSPECT_SCOPE, REFRESH_TOKEN_PREFIX};
+use tessera_token::{AccessClaims, INTROSPECT_SCOPE, REFRESH_TOKEN_PREFIX, Rejected};
 use tracing::instrument;
 
 use super::{AuthError, Authority, PASSWORD_GRANT_CLIENT_ID};
@@ -109,6 +109,11 @@ impl BearerCache {
         (claims.exp > now.minus(leeway).as_secs()).then(|| Arc::clone(claims))
     }
 
+    /// True when `token` is cached but has expired.
+    fn expired(&self, token: &str) -> bool {
+        self.0.lock().contains_key(token)
+    }
+
     fn insert(&self, token: &str, claims: &Arc<AccessClaims>) {
         let mut cache = self.0.lock();
         if cache.len() >= MAX_CACHED_BEARERS {
@@ -133,11 +138,14 @@ impl Authority {
         let now = self.clock.now();
         let claims = match self.bearers.get(token, now, self.settings.leeway) {
             Some(claims) => claims,
+            None if self.bearers.expired(token) => return Err(AuthError::ExpiredBearer),
             None => {
-                let claims = Arc::new(
-                    self.verify_access_token(token, now)
-                        .ok_or(AuthError::InvalidBearer)?,
-                );
+                let claims = match self.verify_with(token, &self.bearer_rules, now) {
+                    Ok(claims) => Arc::new(claims),
+                    Err(Rejected::WrongAudience) => return Err(AuthError::BearerNotForTessera),
+                    Err(Rejected::Expired) => return Err(AuthError::ExpiredBearer),
+                    Err(_) => return Err(AuthError::InvalidBearer),
+                };
                 self.bearers.insert(token, &claims);
                 claims
             }

@@ -24,8 +24,12 @@ pub struct TokenSettings {
     pub issuer: String,
     /// Written as `aud` when a request names none.
     pub default_audience: Audience,
-    /// Access token lifetime (also the longest accepted `exp - iat`).
-    pub access_token_ttl: std::time::Duration,
+    /// Access token lifetime.
+    pub access_token_ttl: Duration,
+    /// The longest `exp - iat` accepted, independent of the TTL, so a
+    /// rolling change of the TTL never rejects live tokens another replica
+    /// issued.
+    pub access_token_max_lifetime: Duration,
     /// Refresh token lifetime, renewed on each rotation.
     pub refresh_token_ttl: Duration,
     /// How long a spent refresh token may be presented again and still work.
@@ -41,7 +45,16 @@ impl TokenSettings {
             issuer: self.issuer.clone(),
             audience: None,
             leeway: self.leeway,
-            max_lifetime: self.access_token_ttl,
+            max_lifetime: self.access_token_max_lifetime,
+        }
+    }
+
+    /// The rules an Introspect caller's own bearer token must meet: it must
+    /// be meant for Tessera (its default audience).
+    pub fn introspect_bearer_rules(&self) -> VerifyRules {
+        VerifyRules {
+            audience: Some(self.default_audience.as_str().to_owned()),
+            ..self.verify_rules()
         }
     }
 
@@ -53,13 +66,16 @@ impl TokenSettings {
         }
     }
 
-    /// How long after a key stops signing a token it signed may be live.
-    pub fn key_retention(&self) -> Duration {
-        self.access_token_ttl + self.leeway
+    /// How long after a key's successor activates a token the key signed
+    /// may be live: the longest lifetime, the leeway, and `discovery`, how
+    /// late a replica may learn of the successor (and so keep signing with
+    /// the old key).
+    pub fn key_retention(&self, discovery: Duration) -> Duration {
+        self.access_token_max_lifetime + self.leeway + discovery
     }
 
     /// When a session or subject revocation made at `now` can be forgotten.
     pub fn revocation_expiry(&self, now: UnixTime) -> UnixTime {
-        now.plus(self.access_token_ttl + self.leeway + REVOCATION_SLACK)
+        now.plus(self.access_token_max_lifetime + self.leeway + REVOCATION_SLACK)
     }
 }

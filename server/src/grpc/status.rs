@@ -24,9 +24,13 @@ impl From<AuthError> for Status {
             AuthError::MissingBearer => {
                 Self::unauthenticated("missing `authorization: Bearer <token>` metadata")
             }
-            AuthError::InvalidBearer => {
-                Self::unauthenticated("bearer token is invalid, expired or revoked")
+            AuthError::InvalidBearer => Self::unauthenticated("bearer token is invalid or revoked"),
+            AuthError::ExpiredBearer => {
+                Self::unauthenticated("bearer token has expired; get a new one")
             }
+            AuthError::BearerNotForTessera => Self::unauthenticated(
+                "bearer token is not meant for Tessera: issue it for Tessera's audience",
+            ),
             AuthError::InsufficientScope => {
                 Self::permission_denied(format!("bearer token lacks the scope {INTROSPECT_SCOPE}"))
             }

@@ -48,6 +48,12 @@ pub(crate) fn secs(d: Duration) -> i64 {
 pub trait Clock: Send + Sync + 'static {
     /// The current time.
     fn now(&self) -> UnixTime;
+
+    /// The current time in milliseconds since the epoch (for comparing
+    /// clocks; tokens use whole seconds).
+    fn now_ms(&self) -> i64 {
+        self.now().as_secs().saturating_mul(1000)
+    }
 }
 
 impl std::fmt::Debug for dyn Clock {
@@ -66,6 +72,13 @@ impl Clock for SystemClock {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         UnixTime(secs(since_epoch))
+    }
+
+    fn now_ms(&self) -> i64 {
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
     }
 }
 
@@ -87,6 +100,11 @@ impl ManualClock {
     /// Moves the clock forward by `d`.
     pub fn advance(&self, d: Duration) {
         self.now.fetch_add(secs(d), Ordering::SeqCst);
+    }
+
+    /// Moves the clock back by `d`.
+    pub fn rewind(&self, d: Duration) {
+        self.now.fetch_sub(secs(d), Ordering::SeqCst);
     }
 }
 

@@ -11,7 +11,7 @@ use sqlx::{Acquire, AnyConnection, AnyPool, FromRow};
 
 use super::{
     Backend, ChangeFeed, ClientRecord, Exchange, ExchangeRequest, NewRefreshToken, NewSession,
-    RefreshTokenRecord, Store, StoreError, StoredKey, UserRecord, postgres,
+    Pruned, RefreshTokenRecord, Store, StoreError, StoredKey, UserRecord, postgres, sqlite,
 };
 use crate::model::{
     Audience, ClientId, InvalidInput, Presentation, RefreshTokenState, Revocation, RevocationKind,
@@ -682,13 +682,53 @@ impl Store for SqlStore {
         )
     }
 
+    #[tracing::instrument(name = "db.prune", skip_all)]
+    async fn prune(&self, before: UnixTime, batch: i64) -> Result<Pruned, StoreError> {
+        let mut pruned = Pruned::default();
+        for (statement, count) in [
+            (
+                "DELETE FROM revocation_log WHERE id IN \
+                 (SELECT id FROM revocation_log WHERE expires_at < $1 LIMIT $2)",
+                &mut pruned.revocations,
+            ),
+            (
+                "DELETE FROM refresh_tokens WHERE hash IN \
+                 (SELECT hash FROM refresh_tokens WHERE expires_at < $1 LIMIT $2)",
+                &mut pruned.refresh_tokens,
+            ),
+            (
+                "DELETE FROM sessions WHERE sid IN \
+                 (SELECT s.sid FROM sessions s WHERE s.created_at < $1 \
+                  AND NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.sid = s.sid) LIMIT $2)",
+                &mut pruned.sessions,
+            ),
+        ] {
+            loop {
+                let deleted = sqlx::query(statement)
+                    .bind(before.as_secs())
+                    .bind(batch)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                *count += deleted;
+                if deleted < u64::try_from(batch).unwrap_or(u64::MAX) {
+                    break;
+                }
+            }
+        }
+        Ok(pruned)
+    }
+
     async fn change_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
         match self.backend {
             Backend::Postgres => {
                 let feed = postgres::listen(self.url.expose_secret()).await?;
                 Ok(Some(Box::new(feed) as Box<dyn ChangeFeed>))
             }
-            Backend::Sqlite => Ok(None),
+            Backend::Sqlite => {
+                let feed = sqlite::watch(self.url.expose_secret()).await?;
+                Ok(Some(Box::new(feed) as Box<dyn ChangeFeed>))
+            }
         }
     }
 }

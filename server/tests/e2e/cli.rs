@@ -303,3 +303,57 @@ async fn out_of_file_descriptors_the_server_neither_spins_nor_stops_serving() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn keys_rotate_keeps_the_deployments_algorithm_unless_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let rotate = |alg_env: &str, extra: &[&str]| {
+        let output = tessera(dir.path())
+            .args(["keys", "rotate", "--activate-in", "1h"])
+            .args(extra)
+            .env("TESSERA_SIGNING_ALG", alg_env)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    // The first key of the installation follows TESSERA_SIGNING_ALG...
+    assert!(rotate("EdDSA", &[]).contains("added EdDSA key"));
+    // ...later rotations keep the deployment's, whatever the shell says.
+    assert!(rotate("ES256", &[]).contains("added EdDSA key"));
+    assert!(rotate("ES256", &["--alg", "RS256"]).contains("added RS256 key"));
+    let list = tessera(dir.path()).args(["keys", "list"]).output().unwrap();
+    let list = String::from_utf8(list.stdout).unwrap();
+    assert_eq!(list.matches("EdDSA").count(), 3, "{list}");
+    assert_eq!(list.matches("RS256").count(), 1, "{list}");
+}
+
+#[cfg(unix)]
+#[test]
+fn an_existing_data_folder_and_its_files_are_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = run_with_stdin(
+        tessera(&data).args(["user", "add", "alice", "--scope", "read"]),
+        "correct horse battery\n",
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    assert!(String::from_utf8_lossy(&output.stderr).contains("made private"));
+}

@@ -9,10 +9,7 @@ use tessera_client::{
     AuthInterceptor, AuthLayer, Credentials, Plaintext, SourceConfig, TokenSource,
     retry::with_fresh_token,
     source::SourceMetrics,
-    verify::{
-        IntrospectionConfig, ScopeRules, VerifiedClaims, Verifier, VerifyError, VerifyLayer,
-        VerifyMetrics,
-    },
+    verify::{ScopeRules, VerifiedClaims, Verifier, VerifyError, VerifyLayer, VerifyMetrics},
 };
 use tessera_server::{Clock, Revocation, RevocationKind};
 use tokio::time::Instant;
@@ -276,10 +273,7 @@ async fn a_revoked_token_is_refused_by_the_verifier_within_its_revocation_budget
     let token = app.login("alice", "pw").await.unwrap().access_token;
     let budget = Duration::from_secs(1);
     let verifier = app
-        .introspection_verifier(IntrospectionConfig {
-            revocation_budget: budget,
-            ..Default::default()
-        })
+        .introspection_verifier(|c| c.revocation_budget = budget)
         .await;
     let claims = verifier.verify(&token).await.unwrap();
     assert!(claims.has_scope("orders:read"));
@@ -306,10 +300,7 @@ async fn concurrent_verifications_of_one_token_share_one_introspection() {
     let app = spawn_app_on(&db, |_| {}).await;
     app.add_user("alice", "pw", &["orders:read"]).await;
     let token = app.login("alice", "pw").await.unwrap().access_token;
-    let verifier = Arc::new(
-        app.introspection_verifier(IntrospectionConfig::default())
-            .await,
-    );
+    let verifier = Arc::new(app.introspection_verifier(|_| {}).await);
     let checks: Vec<_> = (0..50)
         .map(|_| {
             let verifier = Arc::clone(&verifier);
@@ -387,10 +378,7 @@ async fn the_verify_layer_enforces_scopes_per_method_and_passes_claims_to_handle
         .await;
     let reader = app.login("reader", "pw").await.unwrap().access_token;
     let writer = app.login("writer", "pw").await.unwrap().access_token;
-    let verifier: Arc<dyn Verifier> = Arc::new(
-        app.introspection_verifier(IntrospectionConfig::default())
-            .await,
-    );
+    let verifier: Arc<dyn Verifier> = Arc::new(app.introspection_verifier(|_| {}).await);
     let rules = ScopeRules::new()
         .require("/shop.v1.Orders/", &["orders:read"])
         .require("/shop.v1.Orders/Create", &["orders:write"]);

@@ -364,8 +364,10 @@ impl TestApp {
     /// Tessera with its own client credentials, as a microservice would.
     pub(crate) async fn introspection_verifier(
         &self,
-        config: IntrospectionConfig,
+        configure: impl FnOnce(&mut IntrospectionConfig),
     ) -> IntrospectionVerifier {
+        let mut config = IntrospectionConfig::new(self.settings.tokens.default_audience.as_str());
+        configure(&mut config);
         let id = format!("verifier-{}", random_id());
         let secret = self.add_client(&id, &["tessera:introspect"], &[]).await;
         let credentials = Credentials::ClientCredentials {
@@ -391,7 +393,7 @@ impl TestApp {
             self.settings.tokens.issuer.clone(),
             self.settings.tokens.default_audience.as_str(),
         );
-        jwks.max_lifetime = self.settings.tokens.access_token_ttl;
+        jwks.max_lifetime = self.settings.tokens.access_token_max_lifetime;
         jwks.min_refetch = Duration::from_millis(10);
         config(&mut jwks);
         JwksVerifier::new(self.endpoint().connect_lazy(), &jwks)

@@ -13,6 +13,7 @@ mod helpers;
 mod api;
 mod cli;
 mod client;
+mod deployment;
 mod faults;
 mod guessing;
 mod hostile_tokens;

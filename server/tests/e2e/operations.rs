@@ -118,6 +118,7 @@ async fn a_rotated_key_signs_after_activation_and_the_old_key_is_dropped_when_it
     let app = spawn_app_on(&db, |s| {
         s.signing_alg = Algorithm::EdDsa;
         s.tokens.access_token_ttl = Duration::from_secs(60);
+        s.tokens.access_token_max_lifetime = Duration::from_secs(60);
         s.follow.key_refresh_interval = Duration::from_millis(100);
     })
     .await;
@@ -172,7 +173,8 @@ async fn a_rotated_key_signs_after_activation_and_the_old_key_is_dropped_when_it
         "old key unpublished while its tokens live"
     );
 
-    // Past the last possible expiry of a token the old key signed (TTL + leeway).
+    // Past the last possible expiry of a token the old key signed (longest
+    // lifetime + leeway + how late a replica may notice the rotation).
     app.clock.advance(Duration::from_secs(66));
     let dropped = eventually(Duration::from_secs(2), || async {
         !jwks().await.contains(&old_kid)
