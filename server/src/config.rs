@@ -14,6 +14,7 @@ use crate::{
     domain::{HashingSettings, MAX_REFRESH_REUSE_GRACE, ThrottleSettings, TokenSettings},
     follow::FollowSettings,
     model::Audience,
+    tls::{ClientAuth, TlsSettings},
     transport::ConnectionSettings,
 };
 
@@ -85,6 +86,8 @@ pub struct Settings {
     pub connections: ConnectionSettings,
     /// How often expired rows are deleted.
     pub prune_interval: Duration,
+    /// TLS for the listeners; plaintext when `None`.
+    pub tls: Option<TlsSettings>,
 }
 
 /// The embedded SQLite database in `data_dir`.
@@ -139,6 +142,7 @@ impl Settings {
             request_timeout: defaults::REQUEST_TIMEOUT,
             connections: ConnectionSettings::default(),
             prune_interval: defaults::PRUNE_INTERVAL,
+            tls: None,
         }
     }
 
@@ -342,6 +346,29 @@ pub struct Options {
     #[arg(long, env = "TESSERA_PRUNE_INTERVAL", default_value_t = defaults::PRUNE_INTERVAL.into(), global = true)]
     pub prune_interval: humantime::Duration,
 
+    /// PEM certificate chain: with --tls-key, every listener speaks TLS
+    /// (1.2 and 1.3 only). Re-read when the file changes.
+    #[arg(long, env = "TESSERA_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TESSERA_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM bundle of CAs client certificates are verified against (mTLS).
+    #[arg(long, env = "TESSERA_TLS_CLIENT_CA", global = true)]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// With a client CA: whether every client must present a certificate.
+    #[arg(
+        long,
+        env = "TESSERA_TLS_CLIENT_AUTH",
+        value_enum,
+        default_value = "required",
+        global = true
+    )]
+    pub tls_client_auth: ClientAuth,
+
     /// How long a connection may stay open with no call in flight.
     #[arg(long, env = "TESSERA_CONNECTION_IDLE_TIMEOUT", default_value_t = defaults::CONNECTION_IDLE_TIMEOUT.into(), global = true)]
     pub connection_idle_timeout: humantime::Duration,
@@ -397,6 +424,27 @@ impl Options {
         };
         settings.password_min_length = self.password_min_length;
         settings.prune_interval = self.prune_interval.into();
+        settings.tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsSettings {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+                client_auth: self.tls_client_auth,
+            }),
+            (None, None) if self.tls_client_ca.is_some() => {
+                return Err(SettingsError {
+                    name: "TESSERA_TLS_CLIENT_CA",
+                    reason: "needs TESSERA_TLS_CERT and TESSERA_TLS_KEY: client certificates are only asked for over TLS".into(),
+                });
+            }
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(SettingsError {
+                    name: "TESSERA_TLS_CERT / TESSERA_TLS_KEY",
+                    reason: "set both, or neither".into(),
+                });
+            }
+        };
         settings.connections = ConnectionSettings {
             max_connections: self.max_connections.max(1),
             max_connections_per_address: self.max_connections_per_address.max(1),

@@ -17,11 +17,13 @@
 //!   no gRPC, no SQL.
 //! - `grpc`: protobuf ↔ domain; `grpc::status` is the one error → status map.
 //! - `transport`: accepting connections within bounds (caps, handshake
-//!   and idle timeouts, accept backoff).
+//!   and idle timeouts, accept backoff); `tls`: certificates re-read when
+//!   they change, client certificates verified and handed to handlers.
 //! - `config`: typed settings; `startup`: the only place that wires parts
 //!   together and serves; `cli`: the `tessera` command line;
 //!   `telemetry`: logs, OpenTelemetry, per-request spans.
 
+mod background;
 mod cli;
 mod config;
 mod domain;
@@ -33,6 +35,7 @@ mod revocation;
 mod startup;
 mod store;
 mod telemetry;
+mod tls;
 mod transport;
 
 pub use cli::{Cli, CliError};
@@ -54,4 +57,5 @@ pub use store::{
 };
 pub use telemetry::{Telemetry, TelemetryError, init as init_telemetry};
 pub use tessera_token::Algorithm;
+pub use tls::{ClientAuth, TlsError, TlsSettings};
 pub use transport::ConnectionSettings;

@@ -5,11 +5,11 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
 use tessera::pb::token_service_server::TokenServiceServer;
-use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
+    background::Background,
     config::Settings,
     domain::{Admin, Authority, HashError, PasswordHasher},
     follow::{ClockCheck, DatabaseFollower},
@@ -19,6 +19,7 @@ use crate::{
     revocation::RevocationState,
     store::{self, Backend, Store, StoreError},
     telemetry,
+    tls::{ServerTls, TlsError},
     transport::{ActivityLayer, Listener},
 };
 
@@ -44,6 +45,9 @@ pub enum StartupError {
     /// Password hashing is misconfigured.
     #[error("password hashing: {0}")]
     Hash(#[from] HashError),
+    /// TLS material is missing or invalid.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The data folder or listening socket failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -66,21 +70,12 @@ impl From<KekError> for StartupError {
     }
 }
 
-/// Aborts a background task when dropped, so an application (or a test's)
-/// leaves nothing running behind it.
-#[derive(Debug)]
-struct Background(JoinHandle<()>);
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// A built, bound, not yet serving Tessera.
 #[derive(Debug)]
 pub struct Application {
     listener: Listener,
+    /// Keeps the certificate watcher running.
+    _tls: Option<ServerTls>,
     authority: Arc<Authority>,
     health: HealthReporter,
     request_timeout: Duration,
@@ -151,9 +146,24 @@ impl Application {
             settings.follow.poll_interval,
         ))));
 
-        let listener = Listener::bind(settings.listen_addr, settings.connections.clone()).await?;
+        let tls = settings.tls.as_ref().map(ServerTls::load).transpose()?;
+        if tls.is_none() && !settings.listen_addr.ip().is_loopback() {
+            tracing::warn!(
+                addr = %settings.listen_addr,
+                "serving in plaintext on a non-loopback address: passwords, secrets and tokens \
+                 cross the network readable. Set TESSERA_TLS_CERT and TESSERA_TLS_KEY, or keep \
+                 Tessera behind a TLS-terminating proxy or mesh"
+            );
+        }
+        let listener = Listener::bind(
+            settings.listen_addr,
+            settings.connections.clone(),
+            tls.as_ref().map(|t| t.acceptor().clone()),
+        )
+        .await?;
         Ok(Self {
             listener,
+            _tls: tls,
             authority,
             health,
             request_timeout: settings.request_timeout,
@@ -193,7 +203,11 @@ impl Application {
         .max_decoding_message_size(grpc::MAX_REQUEST_BYTES)
         .max_encoding_message_size(grpc::MAX_REQUEST_BYTES);
         let local_addr = self.listener.local_addr();
-        tracing::info!(addr = %local_addr, "serving tessera.v1.TokenService");
+        tracing::info!(
+            addr = %local_addr,
+            tls = self._tls.is_some(),
+            "serving tessera.v1.TokenService"
+        );
 
         // Graceful shutdown waits for connections to close, and a client may
         // keep an idle one open forever: in-flight calls get DRAIN_TIMEOUT.

@@ -28,11 +28,13 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
-    task::JoinHandle,
     time::{Instant, Sleep},
 };
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tower::{Layer, Service};
+
+use crate::{background::Background, tls::ClientCertificate};
 
 /// Connection bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +113,8 @@ impl Activity {
 pub(crate) struct PeerInfo {
     /// The peer's address.
     pub(crate) remote_addr: SocketAddr,
+    /// The certificate it presented over TLS, verified against the client CA.
+    pub(crate) client_certificate: Option<Arc<ClientCertificate>>,
     activity: Arc<Activity>,
 }
 
@@ -152,10 +156,26 @@ impl Drop for AddressSlot {
     }
 }
 
+/// A connection's byte stream: in the clear, or TLS.
+#[derive(Debug)]
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+macro_rules! io {
+    ($io:expr, $inner:ident => $call:expr) => {
+        match $io {
+            Io::Plain($inner) => $call,
+            Io::Tls($inner) => $call,
+        }
+    };
+}
+
 /// An accepted connection, as tonic serves it.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    io: TcpStream,
+    io: Io,
     info: PeerInfo,
     settings: Arc<ConnectionSettings>,
     /// Wakes the reader to check for idleness.
@@ -178,7 +198,8 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if let Poll::Ready(read) = Pin::new(&mut self.io).poll_read(cx, buf) {
+        let ready = io!(&mut self.io, io => Pin::new(io).poll_read(cx, buf));
+        if let Poll::Ready(read) = ready {
             return Poll::Ready(read);
         }
         // Nothing to read: is the connection idle past its bound? Re-armed
@@ -215,15 +236,15 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        io!(&mut self.io, io => Pin::new(io).poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        io!(&mut self.io, io => Pin::new(io).poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        io!(&mut self.io, io => Pin::new(io).poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -231,11 +252,11 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        io!(&mut self.io, io => Pin::new(io).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        io!(&self.io, io => io.is_write_vectored())
     }
 }
 
@@ -245,12 +266,17 @@ pub(crate) struct Listener {
     local_addr: SocketAddr,
     accepted: mpsc::Receiver<Conn>,
     /// Stops accepting when the listener (or its stream) is dropped.
-    accept: AbortOnDrop,
+    accept: Background,
 }
 
 impl Listener {
-    /// Binds `addr` and starts accepting within `settings`.
-    pub(crate) async fn bind(addr: SocketAddr, settings: ConnectionSettings) -> io::Result<Self> {
+    /// Binds `addr` and starts accepting within `settings`, speaking TLS
+    /// when given an acceptor.
+    pub(crate) async fn bind(
+        addr: SocketAddr,
+        settings: ConnectionSettings,
+        tls: Option<TlsAcceptor>,
+    ) -> io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let max = settings.max_connections.min(fd_budget()).max(1);
@@ -261,10 +287,11 @@ impl Listener {
             );
         }
         let (tx, accepted) = mpsc::channel(64);
-        let accept = AbortOnDrop(tokio::spawn(accept_loop(
+        let accept = Background(tokio::spawn(accept_loop(
             listener,
             Arc::new(settings),
             max,
+            tls,
             tx,
         )));
         Ok(Self {
@@ -292,15 +319,6 @@ impl Listener {
     }
 }
 
-#[derive(Debug)]
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Three quarters of the soft open-file limit, leaving room for the
 /// database pool, log files and the process's own.
 fn fd_budget() -> usize {
@@ -317,6 +335,7 @@ async fn accept_loop(
     listener: TcpListener,
     settings: Arc<ConnectionSettings>,
     max: usize,
+    tls: Option<TlsAcceptor>,
     tx: mpsc::Sender<Conn>,
 ) {
     let open = Arc::new(Semaphore::new(max));
@@ -358,10 +377,11 @@ async fn accept_loop(
         let idle = Box::pin(tokio::time::sleep_until(
             Instant::now() + settings.handshake_timeout,
         ));
-        let conn = Conn {
-            io: stream,
+        let connection = Conn {
+            io: Io::Plain(stream),
             info: PeerInfo {
                 remote_addr: peer,
+                client_certificate: None,
                 activity,
             },
             settings: Arc::clone(&settings),
@@ -369,10 +389,53 @@ async fn accept_loop(
             _permit: permit,
             _slot: slot,
         };
-        if tx.send(conn).await.is_err() {
-            return;
+        match &tls {
+            None => {
+                if tx.send(connection).await.is_err() {
+                    return;
+                }
+            }
+            // The handshake on a task of its own, so a slow client holds up
+            // no one else; bounded by the handshake timeout.
+            Some(acceptor) => {
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    if let Some(connection) = handshake(connection, &acceptor).await {
+                        let _ = tx.send(connection).await;
+                    }
+                });
+            }
         }
     }
+}
+
+/// Completes the TLS handshake within the handshake timeout; `None` (and
+/// the connection closed) when it fails or takes too long.
+async fn handshake(mut connection: Conn, acceptor: &TlsAcceptor) -> Option<Conn> {
+    let Io::Plain(stream) = connection.io else {
+        return Some(connection);
+    };
+    let timeout = connection.settings.handshake_timeout;
+    let peer = connection.info.remote_addr;
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return None;
+        }
+    };
+    connection.info.client_certificate = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(<[_]>::first)
+        .map(|der| Arc::new(ClientCertificate::from_der(der)));
+    connection.io = Io::Tls(Box::new(stream));
+    Some(connection)
 }
 
 /// Counts the calls in flight on each connection, for the idle bound.

@@ -48,22 +48,35 @@ fn serve(data_dir: &std::path::Path) -> (Child, String) {
 }
 
 /// Starts a prepared `serve` command; returns it and the address it logged.
-fn serve_with(mut command: Command) -> (Child, String) {
+fn serve_with(command: Command) -> (Child, String) {
+    let (child, addr, _) = serve_logging(command);
+    (child, addr)
+}
+
+/// Starts a prepared `serve` command; returns it, the address it logged,
+/// and every log line before that.
+fn serve_logging(mut command: Command) -> (Child, String, Vec<String>) {
     let mut child = command
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut before = Vec::new();
     let addr = loop {
         let line = lines.next().expect("serve exited early").unwrap();
-        if let Some((_, addr)) = line.split_once("serving tessera.v1.TokenService addr=") {
-            break addr.trim().to_owned();
+        if let Some((_, rest)) = line.split_once("serving tessera.v1.TokenService addr=") {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
         }
+        before.push(line);
     };
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(|l| eprintln!("server: {}", l.unwrap_or_default())));
-    (child, addr)
+    (child, addr, before)
 }
 
 fn issue(grant: Grant) -> IssueRequest {
@@ -356,4 +369,26 @@ fn an_existing_data_folder_and_its_files_are_made_private() {
         assert_eq!(mode(&path), 0o600, "{}", path.display());
     }
     assert!(String::from_utf8_lossy(&output.stderr).contains("made private"));
+}
+
+#[test]
+fn plaintext_on_a_non_loopback_address_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = tessera(dir.path());
+    command.args(["serve", "--listen-addr", "0.0.0.0:0"]);
+    let (mut server, _, log) = serve_logging(command);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("WARN") && l.contains("plaintext on a non-loopback address")),
+        "{log:#?}"
+    );
+    // On loopback, no such warning.
+    let mut command = tessera(dir.path());
+    command.args(["serve", "--listen-addr", "127.0.0.1:0"]);
+    let (mut server, _, log) = serve_logging(command);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(!log.iter().any(|l| l.contains("non-loopback")), "{log:#?}");
 }

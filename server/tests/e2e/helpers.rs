@@ -206,9 +206,12 @@ pub(crate) async fn spawn_app_on(
     let admin = open_admin(&settings, Arc::new(clock.clone()))
         .await
         .expect("open admin");
-    let client = TokenServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to the server");
+    // Lazily: a TLS app's tests connect their own clients.
+    let client = TokenServiceClient::new(
+        Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy(),
+    );
     TestApp {
         addr,
         client,
@@ -353,6 +356,33 @@ impl TestApp {
             .await
             .unwrap();
         TokenServiceClient::new(channel)
+    }
+
+    /// A client over TLS trusting `ca_pem`, presenting `identity` if given.
+    pub(crate) fn tls_client(
+        &self,
+        ca_pem: &str,
+        identity: Option<&crate::pki::Leaf>,
+    ) -> TokenServiceClient<Channel> {
+        TokenServiceClient::new(self.tls_channel(ca_pem, identity))
+    }
+
+    /// A lazily connecting TLS channel to `https://localhost:<port>`.
+    pub(crate) fn tls_channel(&self, ca_pem: &str, identity: Option<&crate::pki::Leaf>) -> Channel {
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+            .domain_name("localhost");
+        if let Some(leaf) = identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                &leaf.cert_pem,
+                &leaf.key_pem,
+            ));
+        }
+        Endpoint::from_shared(format!("https://localhost:{}", self.addr.port()))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_lazy()
     }
 
     /// The server's address as a client endpoint.

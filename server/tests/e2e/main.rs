@@ -19,6 +19,8 @@ mod guessing;
 mod hostile_tokens;
 mod limits;
 mod operations;
+mod pki;
 mod replicas;
 mod restart;
 mod store;
+mod tls;
