@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use tessera::pb::{GetJwksRequest, token_service_client::TokenServiceClient};
-use tessera_client::{AuthInterceptor, Credentials, Plaintext, SourceConfig, TokenSource};
+use tessera_client::{AuthInterceptor, Credentials, SourceConfig, TokenSource, Transport};
 use tessera_server::{Application, ClientId, ScopeSet, Settings, SystemClock, open_admin};
 use tokio::time::Instant;
 use tonic::{Request, service::Interceptor, transport::Endpoint};
@@ -47,12 +47,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let source = TokenSource::connect(
         &endpoint,
-        Plaintext::LoopbackOnly,
+        &Transport::default(),
         credentials,
         SourceConfig::default(),
     )?;
     source.ready().await?;
-    let auth = AuthInterceptor::new(&source, &endpoint, Plaintext::LoopbackOnly)?;
+    let auth = AuthInterceptor::new(&source, &endpoint, &Transport::default())?;
     let channel = endpoint.connect().await?;
     let mut plain = TokenServiceClient::new(channel.clone());
     let mut intercepted = TokenServiceClient::with_interceptor(channel.clone(), auth.clone());

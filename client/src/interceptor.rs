@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 
 use crate::{
     source::{SourceError, TokenSource},
-    transport::{self, Plaintext, PlaintextRefused},
+    transport::{Transport, TransportError},
 };
 
 /// A `tonic` interceptor adding `authorization: Bearer ...` from a
@@ -27,14 +27,15 @@ pub struct AuthInterceptor {
 }
 
 impl AuthInterceptor {
-    /// An interceptor for calls to `endpoint`, refused when that would send
-    /// the token in plaintext against `policy`.
+    /// An interceptor for calls to `endpoint` made over `transport`
+    /// (build the channel with [`Transport::prepare`]); refused when that
+    /// would send the token where `transport` forbids.
     pub fn new(
         source: &TokenSource,
         endpoint: &Endpoint,
-        policy: Plaintext,
-    ) -> Result<Self, PlaintextRefused> {
-        transport::check(endpoint, policy)?;
+        transport: &Transport,
+    ) -> Result<Self, TransportError> {
+        transport.check(endpoint)?;
         Ok(Self {
             source: source.clone(),
         })
@@ -65,14 +66,14 @@ pub struct AuthLayer {
 }
 
 impl AuthLayer {
-    /// A layer for a channel to `endpoint`, refused when that would send the
-    /// token in plaintext against `policy`.
+    /// A layer for a channel to `endpoint` made over `transport`; refused
+    /// when that would send the token where `transport` forbids.
     pub fn new(
         source: TokenSource,
         endpoint: &Endpoint,
-        policy: Plaintext,
-    ) -> Result<Self, PlaintextRefused> {
-        transport::check(endpoint, policy)?;
+        transport: &Transport,
+    ) -> Result<Self, TransportError> {
+        transport.check(endpoint)?;
         Ok(Self { source })
     }
 }

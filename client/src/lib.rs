@@ -9,7 +9,9 @@
 //! - [`interceptor`]: [`AuthInterceptor`] (tonic's synchronous slot; never
 //!   waits) and [`AuthLayer`] (a tower layer that awaits the first token).
 //! - [`retry`]: repeat a unary call once with a fresh token on UNAUTHENTICATED.
-//! - [`transport`]: refuse to send credentials in plaintext off this machine.
+//! - [`transport`]: [`Transport`]: TLS ([`ClientTls`]: CAs, system roots,
+//!   an mTLS identity) or plaintext only to this machine; every dial and
+//!   every attached token goes through its check.
 //! - [`verify`]: for servers: [`verify::IntrospectionVerifier`],
 //!   [`verify::JwksVerifier`] and [`verify::VerifyLayer`] (scopes per method,
 //!   claims in request extensions).
@@ -22,4 +24,4 @@ pub mod verify;
 
 pub use interceptor::{AuthInterceptor, AuthLayer};
 pub use source::{Credentials, SourceConfig, TokenSource};
-pub use transport::Plaintext;
+pub use transport::{ClientTls, Plaintext, Transport, TransportError};

@@ -30,7 +30,7 @@ use tonic::{
 };
 use tracing::Instrument;
 
-use crate::transport::{self, Plaintext, PlaintextRefused};
+use crate::transport::{Transport, TransportError};
 
 /// What the source authenticates with.
 pub enum Credentials {
@@ -196,15 +196,15 @@ impl Drop for Inner {
 
 impl TokenSource {
     /// Starts obtaining tokens for `credentials` from the Tessera at
-    /// `endpoint`, refusing plaintext off this machine unless `policy`
-    /// allows it. Connects lazily; must be called inside a tokio runtime.
+    /// `endpoint`, over `transport`. Connects lazily; must be called inside
+    /// a tokio runtime.
     pub fn connect(
         endpoint: &Endpoint,
-        policy: Plaintext,
+        transport: &Transport,
         credentials: Credentials,
         config: SourceConfig,
-    ) -> Result<Self, PlaintextRefused> {
-        transport::check(endpoint, policy)?;
+    ) -> Result<Self, TransportError> {
+        let endpoint = transport.prepare(endpoint)?;
         Ok(Self::new(endpoint.connect_lazy(), credentials, config))
     }
 

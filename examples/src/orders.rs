@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use secrecy::SecretString;
 use tessera_client::{
-    AuthInterceptor, Credentials, Plaintext, SourceConfig, TokenSource,
+    AuthInterceptor, Credentials, SourceConfig, TokenSource, Transport,
     verify::{IntrospectionConfig, IntrospectionVerifier, ScopeRules, VerifiedClaims, VerifyLayer},
 };
 use tessera_server::{Application, ClientId, ScopeSet, Settings, SystemClock, open_admin};
@@ -81,7 +81,7 @@ fn client_source(
     };
     Ok(TokenSource::connect(
         endpoint,
-        Plaintext::LoopbackOnly,
+        &Transport::default(),
         credentials,
         SourceConfig::default(),
     )?)
@@ -103,14 +103,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 2. The Orders service: every call's token is checked through Introspect,
     //    with the service authenticating as itself.
     let own = client_source(&tessera_endpoint, "orders-service", orders_secret)?;
-    let auth = AuthInterceptor::new(&own, &tessera_endpoint, Plaintext::LoopbackOnly)?;
-    let verifier = IntrospectionVerifier::new(
-        tessera_endpoint.connect_lazy(),
+    let auth = AuthInterceptor::new(&own, &tessera_endpoint, &Transport::default())?;
+    let verifier = IntrospectionVerifier::connect(
+        &tessera_endpoint,
+        &Transport::default(),
         auth,
         // Tokens must be meant for this service; the storefront asks for
         // Tessera's default audience, which this example's services share.
         IntrospectionConfig::new("tessera"),
-    );
+    )?;
     let rules = ScopeRules::new()
         .require("/shop.v1.Orders/Get", &["orders:read"])
         .require("/shop.v1.Orders/Create", &["orders:write"]);
@@ -128,7 +129,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let orders_endpoint = Endpoint::from_shared(format!("http://{orders_addr}"))?;
     let storefront = client_source(&tessera_endpoint, "storefront", storefront_secret)?;
     storefront.ready().await?;
-    let auth = AuthInterceptor::new(&storefront, &orders_endpoint, Plaintext::LoopbackOnly)?;
+    let auth = AuthInterceptor::new(&storefront, &orders_endpoint, &Transport::default())?;
     let mut orders = OrdersClient::with_interceptor(orders_endpoint.connect().await?, auth);
 
     let order = orders

@@ -15,11 +15,17 @@ use parking_lot::Mutex;
 use tessera::pb::{IntrospectRequest, token_service_client::TokenServiceClient};
 use tessera_token::MAX_TOKEN_BYTES;
 use tokio::{sync::OnceCell, time::Instant};
-use tonic::{service::interceptor::InterceptedService, transport::Channel};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+};
 use tracing::Instrument;
 
 use super::{VerifiedClaims, Verifier, VerifyError, VerifyMetrics, unix_now};
-use crate::interceptor::AuthInterceptor;
+use crate::{
+    interceptor::AuthInterceptor,
+    transport::{Transport, TransportError},
+};
 
 /// What [`IntrospectionVerifier`] accepts, and its cache bounds.
 #[derive(Debug, Clone)]
@@ -72,16 +78,23 @@ pub struct IntrospectionVerifier {
 }
 
 impl IntrospectionVerifier {
-    /// A verifier calling Tessera over `channel` with `auth` attaching the
-    /// caller's own token (which needs the `tessera:introspect` scope).
-    pub fn new(channel: Channel, auth: AuthInterceptor, config: IntrospectionConfig) -> Self {
-        Self {
+    /// A verifier calling the Tessera at `endpoint` over `transport`, with
+    /// `auth` attaching the service's own token (which needs the
+    /// `tessera:introspect` scope). Connects lazily.
+    pub fn connect(
+        endpoint: &Endpoint,
+        transport: &Transport,
+        auth: AuthInterceptor,
+        config: IntrospectionConfig,
+    ) -> Result<Self, TransportError> {
+        let channel = transport.prepare(endpoint)?.connect_lazy();
+        Ok(Self {
             client: TokenServiceClient::with_interceptor(channel, auth),
             config,
             cache: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             metrics: VerifyMetrics::default(),
-        }
+        })
     }
 
     /// The verifier's counters.

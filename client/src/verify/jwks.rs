@@ -14,10 +14,11 @@ use parking_lot::{Mutex, RwLock};
 use tessera::pb::{GetJwksRequest, token_service_client::TokenServiceClient};
 use tessera_token::{VerifyRules, VerifyingKey};
 use tokio::time::Instant;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
 use super::{VerifiedClaims, Verifier, VerifyError, VerifyMetrics, unix_now};
+use crate::transport::{Transport, TransportError};
 
 /// What [`JwksVerifier`] accepts.
 #[derive(Debug, Clone)]
@@ -69,8 +70,20 @@ pub struct JwksVerifier {
 }
 
 impl JwksVerifier {
-    /// A verifier fetching keys from the Tessera at `channel` (`GetJwks` is public).
-    pub fn new(channel: Channel, config: &JwksConfig) -> Self {
+    /// A verifier fetching keys from the Tessera at `endpoint` over
+    /// `transport` (`GetJwks` is public). Connects lazily.
+    pub fn connect(
+        endpoint: &Endpoint,
+        transport: &Transport,
+        config: &JwksConfig,
+    ) -> Result<Self, TransportError> {
+        Ok(Self::new(
+            transport.prepare(endpoint)?.connect_lazy(),
+            config,
+        ))
+    }
+
+    fn new(channel: Channel, config: &JwksConfig) -> Self {
         Self {
             client: TokenServiceClient::new(channel),
             min_refetch: config.min_refetch,

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use secrecy::SecretString;
 use tessera::pb::{IntrospectRequest, token_service_client::TokenServiceClient};
 use tessera_client::{
-    AuthInterceptor, AuthLayer, Credentials, Plaintext, SourceConfig, TokenSource,
+    AuthInterceptor, AuthLayer, Credentials, Plaintext, SourceConfig, TokenSource, Transport,
     retry::with_fresh_token,
     source::SourceMetrics,
     verify::{ScopeRules, VerifiedClaims, Verifier, VerifyError, VerifyLayer, VerifyMetrics},
@@ -34,7 +34,7 @@ fn password(username: &str, password: &str) -> Credentials {
 }
 
 fn source(app: &TestApp, credentials: Credentials, config: SourceConfig) -> TokenSource {
-    TokenSource::connect(&endpoint(app), Plaintext::LoopbackOnly, credentials, config).unwrap()
+    TokenSource::connect(&endpoint(app), &Transport::default(), credentials, config).unwrap()
 }
 
 /// A Tessera client whose calls carry the source's token.
@@ -42,7 +42,7 @@ fn authed_client(
     app: &TestApp,
     source: &TokenSource,
 ) -> TokenServiceClient<InterceptedService<Channel, AuthInterceptor>> {
-    let auth = AuthInterceptor::new(source, &endpoint(app), Plaintext::LoopbackOnly).unwrap();
+    let auth = AuthInterceptor::new(source, &endpoint(app), &Transport::default()).unwrap();
     TokenServiceClient::with_interceptor(endpoint(app).connect_lazy(), auth)
 }
 
@@ -216,12 +216,12 @@ async fn the_auth_layer_waits_for_the_first_token_instead_of_failing() {
     };
     let source = TokenSource::connect(
         &endpoint,
-        Plaintext::LoopbackOnly,
+        &Transport::default(),
         password("svc", "pw"),
         config,
     )
     .unwrap();
-    let layer = AuthLayer::new(source.clone(), &endpoint, Plaintext::LoopbackOnly).unwrap();
+    let layer = AuthLayer::new(source.clone(), &endpoint, &Transport::default()).unwrap();
     let channel = tower::ServiceBuilder::new()
         .layer(layer)
         .service(endpoint.connect_lazy());
@@ -246,7 +246,7 @@ fn bearer_tokens_are_not_sent_in_plaintext_to_another_machine() {
     let remote = Endpoint::from_static("http://10.20.30.40:50051");
     let refused = TokenSource::connect(
         &remote,
-        Plaintext::LoopbackOnly,
+        &Transport::default(),
         password("a", "b"),
         SourceConfig::default(),
     );
@@ -254,15 +254,22 @@ fn bearer_tokens_are_not_sent_in_plaintext_to_another_machine() {
     let local = Endpoint::from_static("http://127.0.0.1:9");
     let source = TokenSource::connect(
         &local,
-        Plaintext::LoopbackOnly,
+        &Transport::default(),
         password("a", "b"),
         SourceConfig::default(),
     )
     .unwrap();
-    assert!(AuthInterceptor::new(&source, &remote, Plaintext::LoopbackOnly).is_err());
-    assert!(AuthLayer::new(source.clone(), &remote, Plaintext::LoopbackOnly).is_err());
+    assert!(AuthInterceptor::new(&source, &remote, &Transport::default()).is_err());
+    assert!(AuthLayer::new(source.clone(), &remote, &Transport::default()).is_err());
     // Explicitly allowed (a mesh encrypts): accepted. Nothing connects here.
-    assert!(AuthInterceptor::new(&source, &remote, Plaintext::AllowAnywhere).is_ok());
+    assert!(
+        AuthInterceptor::new(
+            &source,
+            &remote,
+            &Transport::Plaintext(Plaintext::AllowAnywhere)
+        )
+        .is_ok()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use tessera::pb::{
     token_service_client::TokenServiceClient,
 };
 use tessera_client::{
-    AuthInterceptor, Credentials, Plaintext, SourceConfig, TokenSource,
+    AuthInterceptor, Credentials, SourceConfig, TokenSource, Transport,
     verify::{IntrospectionConfig, IntrospectionVerifier, JwksConfig, JwksVerifier},
 };
 use tessera_server::{
@@ -406,14 +406,15 @@ impl TestApp {
         };
         let own = TokenSource::connect(
             &self.endpoint(),
-            Plaintext::LoopbackOnly,
+            &Transport::default(),
             credentials,
             SourceConfig::default(),
         )
         .unwrap();
         own.ready().await.unwrap();
-        let auth = AuthInterceptor::new(&own, &self.endpoint(), Plaintext::LoopbackOnly).unwrap();
-        IntrospectionVerifier::new(self.endpoint().connect_lazy(), auth, config)
+        let auth = AuthInterceptor::new(&own, &self.endpoint(), &Transport::default()).unwrap();
+        IntrospectionVerifier::connect(&self.endpoint(), &Transport::default(), auth, config)
+            .unwrap()
     }
 
     /// A client crate [`JwksVerifier`] for this Tessera's issuer and its
@@ -426,7 +427,7 @@ impl TestApp {
         jwks.max_lifetime = self.settings.tokens.access_token_max_lifetime;
         jwks.min_refetch = Duration::from_millis(10);
         config(&mut jwks);
-        JwksVerifier::new(self.endpoint().connect_lazy(), &jwks)
+        JwksVerifier::connect(&self.endpoint(), &Transport::default(), &jwks).unwrap()
     }
 
     /// Stops the server gracefully and waits for it.

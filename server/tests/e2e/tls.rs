@@ -178,3 +178,90 @@ async fn a_replaced_certificate_reaches_new_connections_and_open_ones_keep_worki
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_crate_never_dials_https_in_plaintext() {
+    use secrecy::SecretString;
+    use tessera_client::{
+        AuthInterceptor, AuthLayer, Credentials, SourceConfig, TokenSource, Transport,
+        TransportError,
+        verify::{IntrospectionConfig, IntrospectionVerifier, JwksConfig, JwksVerifier},
+    };
+    use tonic::transport::Endpoint;
+
+    let https = Endpoint::from_static("https://127.0.0.1:50051");
+    let plaintext = Transport::default();
+    let credentials = || Credentials::ClientCredentials {
+        client_id: "svc".into(),
+        client_secret: SecretString::from("s"),
+    };
+    let is_refused = |e: &TransportError| matches!(e, TransportError::TlsNotConfigured(_));
+    let refused = TokenSource::connect(&https, &plaintext, credentials(), SourceConfig::default())
+        .unwrap_err();
+    assert!(is_refused(&refused), "{refused}");
+    assert!(is_refused(
+        &JwksVerifier::connect(&https, &plaintext, &JwksConfig::new("tessera", "tessera"))
+            .unwrap_err()
+    ));
+    // The verifier's own token source, over a transport that is fine...
+    let local = Endpoint::from_static("http://127.0.0.1:1");
+    let source =
+        TokenSource::connect(&local, &plaintext, credentials(), SourceConfig::default()).unwrap();
+    let auth = AuthInterceptor::new(&source, &local, &plaintext).unwrap();
+    // ...but the verifier's endpoint is https without TLS.
+    assert!(is_refused(
+        &IntrospectionVerifier::connect(&https, &plaintext, auth, IntrospectionConfig::new("x"))
+            .unwrap_err()
+    ));
+    assert!(is_refused(
+        &AuthInterceptor::new(&source, &https, &plaintext).unwrap_err()
+    ));
+    assert!(is_refused(
+        &AuthLayer::new(source.clone(), &https, &plaintext).unwrap_err()
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_crate_gets_and_checks_tokens_over_mutual_tls() {
+    use secrecy::SecretString;
+    use tessera_client::{
+        AuthInterceptor, ClientTls, Credentials, SourceConfig, TokenSource, Transport,
+        verify::{IntrospectionConfig, IntrospectionVerifier, JwksConfig, JwksVerifier, Verifier},
+    };
+    use tonic::transport::Endpoint;
+
+    let pki = Pki::new("CA");
+    let ca = pki.ca_path();
+    let (mut app, _db) = tls_app(&pki, |tls| tls.client_ca = Some(ca)).await;
+    let identity = pki.client(&["orders.example.org"]);
+    app.client = app.tls_client(&pki.ca_pem(), Some(&identity));
+    app.add_user("alice", "pw", &["read"]).await;
+    let secret = app.add_client("orders", &["tessera:introspect"], &[]).await;
+
+    let endpoint = Endpoint::from_shared(format!("https://localhost:{}", app.addr.port())).unwrap();
+    let tls = Transport::Tls(ClientTls::new().with_ca_pem(pki.ca_pem()).with_identity(
+        &identity.cert_pem,
+        SecretString::from(identity.key_pem.clone()),
+    ));
+    let source = TokenSource::connect(
+        &endpoint,
+        &tls,
+        Credentials::ClientCredentials {
+            client_id: "orders".into(),
+            client_secret: SecretString::from(secret),
+        },
+        SourceConfig::default(),
+    )
+    .unwrap();
+    source.ready().await.unwrap();
+    let token = app.login("alice", "pw").await.unwrap().access_token;
+
+    let auth = AuthInterceptor::new(&source, &endpoint, &tls).unwrap();
+    let introspection =
+        IntrospectionVerifier::connect(&endpoint, &tls, auth, IntrospectionConfig::new("tessera"))
+            .unwrap();
+    assert!(introspection.verify(&token).await.is_ok());
+    let jwks =
+        JwksVerifier::connect(&endpoint, &tls, &JwksConfig::new("tessera", "tessera")).unwrap();
+    assert!(jwks.verify(&token).await.is_ok());
+}
