@@ -217,7 +217,7 @@ async fn the_client_crate_never_dials_https_in_plaintext() {
         &AuthInterceptor::new(&source, &https, &plaintext).unwrap_err()
     ));
     assert!(is_refused(
-        &AuthLayer::new(source.clone(), &https, &plaintext).unwrap_err()
+        &AuthLayer::new(source, &https, &plaintext).unwrap_err()
     ));
 }
 
