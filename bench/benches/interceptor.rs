@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use tessera::pb::{GetJwksRequest, token_service_client::TokenServiceClient};
 use tessera_client::{AuthInterceptor, Credentials, SourceConfig, TokenSource, Transport};
-use tessera_server::{Application, ClientId, ScopeSet, Settings, SystemClock, open_admin};
+use tessera_server::{
+    Application, ClientId, NewClientCredential, ScopeSet, Settings, SystemClock, open_admin,
+};
 use tokio::time::Instant;
 use tonic::{Request, service::Interceptor, transport::Endpoint};
 
@@ -38,8 +40,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ClientId::parse("bench")?,
             ScopeSet::parse_list(&["read"])?,
             Vec::new(),
+            NewClientCredential::Secret,
         )
-        .await?;
+        .await?
+        .expect("a secret client has a secret");
 
     let credentials = Credentials::ClientCredentials {
         client_id: "bench".into(),

@@ -42,12 +42,24 @@ pub struct VerifiedClaims {
     pub jti: String,
     /// Session id.
     pub sid: String,
+    /// For a certificate-bound token (RFC 8705): the base64url SHA-256 of
+    /// the client certificate it may only be presented with.
+    pub cnf_x5t_s256: Option<String>,
 }
 
 impl VerifiedClaims {
     /// True when the token carries `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope)
+    }
+
+    /// True unless the token is bound to a certificate other than the one
+    /// whose DER is `presented` (or bound, and none was presented).
+    pub fn confirmed_by(&self, presented: Option<&[u8]>) -> bool {
+        match &self.cnf_x5t_s256 {
+            None => true,
+            Some(bound) => presented.is_some_and(|der| *bound == tessera_token::x5t_s256(der)),
+        }
     }
 }
 
@@ -62,6 +74,7 @@ impl From<AccessClaims> for VerifiedClaims {
             exp: claims.exp,
             jti: claims.jti,
             sid: claims.sid,
+            cnf_x5t_s256: claims.cnf.map(|cnf| cnf.x5t_s256),
         }
     }
 }
@@ -83,13 +96,35 @@ pub enum VerifyError {
     /// The token could not be checked (the token service is unreachable).
     #[error("token could not be verified: {0}")]
     Unavailable(String),
+    /// A certificate-bound token presented without that certificate: a
+    /// stolen token is useless without the key (RFC 8705 §3).
+    #[error("token is bound to another client certificate")]
+    WrongCertificate,
 }
 
 /// Something that can check a bearer token.
 #[async_trait]
 pub trait Verifier: Send + Sync + 'static {
-    /// The token's claims if it is active.
+    /// The token's claims if it is active. A certificate-bound token is not
+    /// checked against any connection here: use [`Self::verify_presented`]
+    /// where the caller's certificate is known.
     async fn verify(&self, token: &str) -> Result<Arc<VerifiedClaims>, VerifyError>;
+
+    /// The token's claims if it is active and, when it is bound to a client
+    /// certificate, was presented over a connection with that certificate
+    /// (`presented`: the DER of the caller's certificate, if any).
+    async fn verify_presented(
+        &self,
+        token: &str,
+        presented: Option<&[u8]>,
+    ) -> Result<Arc<VerifiedClaims>, VerifyError> {
+        let claims = self.verify(token).await?;
+        if claims.confirmed_by(presented) {
+            Ok(claims)
+        } else {
+            Err(VerifyError::WrongCertificate)
+        }
+    }
 }
 
 impl std::fmt::Debug for dyn Verifier {

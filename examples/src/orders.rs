@@ -11,7 +11,9 @@ use tessera_client::{
     AuthInterceptor, Credentials, SourceConfig, TokenSource, Transport,
     verify::{IntrospectionConfig, IntrospectionVerifier, ScopeRules, VerifiedClaims, VerifyLayer},
 };
-use tessera_server::{Application, ClientId, ScopeSet, Settings, SystemClock, open_admin};
+use tessera_server::{
+    Application, ClientId, NewClientCredential, ScopeSet, Settings, SystemClock, open_admin,
+};
 use tonic::{Request, Response, Status, transport::Endpoint};
 
 mod shop {
@@ -66,8 +68,10 @@ async fn add_client(
             ClientId::parse(id)?,
             ScopeSet::parse_list(scopes)?,
             Vec::new(),
+            NewClientCredential::Secret,
         )
-        .await?)
+        .await?
+        .expect("a secret client has a secret"))
 }
 
 fn client_source(

@@ -13,11 +13,11 @@ use tessera_token::Algorithm;
 
 use crate::{
     config::{Options, Settings, SettingsError},
-    domain::AdminError,
+    domain::{AdminError, NewClientCredential},
     keys::{self, KeyRing, KeyState, key_states},
     model::{
         Audience, ClientId, Clock, InvalidInput, Password, ScopeSet, SystemClock, UnixTime,
-        Username,
+        Username, parse_sha256,
     },
     startup::{self, Application, StartupError},
     store::{Backend, StoreError},
@@ -87,6 +87,15 @@ enum ClientCommand {
         /// An audience the client may ask for besides the default (repeatable).
         #[arg(long = "audience")]
         audiences: Vec<String>,
+        /// Authenticate by a TLS client certificate naming this (a SPIFFE ID
+        /// or DNS name) in its subjectAltName, instead of a secret (RFC 8705).
+        #[arg(long, conflicts_with = "tls_cert_sha256")]
+        tls_subject: Option<String>,
+        /// Authenticate by the TLS client certificate with this SHA-256
+        /// (hex, as `openssl x509 -noout -fingerprint -sha256` prints it),
+        /// instead of a secret (RFC 8705).
+        #[arg(long)]
+        tls_cert_sha256: Option<String>,
     },
 }
 
@@ -157,14 +166,40 @@ impl Cli {
                 id,
                 scopes,
                 audiences,
+                tls_subject,
+                tls_cert_sha256,
             }) => {
                 let id = ClientId::parse(&id)?;
                 let scopes = ScopeSet::parse_list(&scopes)?;
                 let audiences = parse_audiences(&audiences)?;
+                let credential = match (tls_subject, tls_cert_sha256) {
+                    (Some(subject), _) => NewClientCredential::TlsSubject(subject),
+                    (None, Some(sha256)) => {
+                        NewClientCredential::TlsCertificate(parse_sha256(&sha256)?)
+                    }
+                    (None, None) => NewClientCredential::Secret,
+                };
                 let admin = startup::open_admin(&settings, clock).await?;
-                let secret = admin.add_client(id.clone(), scopes, audiences).await?;
-                println!("created client {id}; its secret (shown only now) is on the next line");
-                println!("{}", secret.expose_secret());
+                match admin
+                    .add_client(id.clone(), scopes, audiences, credential.clone())
+                    .await?
+                {
+                    Some(secret) => {
+                        println!(
+                            "created client {id}; its secret (shown only now) is on the next line"
+                        );
+                        println!("{}", secret.expose_secret());
+                    }
+                    None => println!(
+                        "created client {id}; it authenticates by its TLS client certificate \
+                         ({}), with an empty client_secret over mutual TLS",
+                        match credential {
+                            NewClientCredential::TlsSubject(subject) =>
+                                format!("subject {subject}"),
+                            _ => "SHA-256 pinned".to_owned(),
+                        }
+                    ),
+                }
             }
             Command::Keys(command) => keys(command, &settings, clock.now()).await?,
         }

@@ -40,19 +40,21 @@ mod transport;
 
 pub use cli::{Cli, CliError};
 pub use config::{Options, Settings, SettingsError};
-pub use domain::{Admin, AdminError, HashingSettings, ThrottleSettings, TokenSettings};
+pub use domain::{
+    Admin, AdminError, HashingSettings, NewClientCredential, ThrottleSettings, TokenSettings,
+};
 pub use follow::FollowSettings;
 pub use grpc::MAX_REQUEST_BYTES;
 pub use keys::{Kek, KekError, KeyError, KeyState, add_key, deployment_algorithm, key_states};
 pub use model::{
-    Audience, ClientId, Clock, ExchangeRules, InvalidInput, ManualClock, Password,
-    RefreshTokenState, Revocation, RevocationKind, Scope, ScopeSet, SecretHash, SystemClock,
-    UnixTime, Username, random_id,
+    Audience, ClientCertificate, ClientId, Clock, ExchangeRules, InvalidInput, ManualClock,
+    Password, RefreshTokenState, Revocation, RevocationKind, Scope, ScopeSet, SecretHash,
+    SystemClock, UnixTime, Username, parse_sha256, random_id,
 };
 pub use startup::{Application, StartupError, load_kek, open_admin, open_store, shutdown_signal};
 pub use store::{
-    Backend, ClientRecord, Exchange, ExchangeRequest, NewRefreshToken, NewSession, Pruned,
-    RefreshTokenRecord, Store, StoreError, StoredKey, Successor, UserRecord,
+    Backend, ClientCredential, ClientRecord, Exchange, ExchangeRequest, NewRefreshToken,
+    NewSession, Pruned, RefreshTokenRecord, Store, StoreError, StoredKey, Successor, UserRecord,
     connect as connect_store,
 };
 pub use telemetry::{Telemetry, TelemetryError, init as init_telemetry};

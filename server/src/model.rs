@@ -1,14 +1,16 @@
-//! The leaf of the crate: names, secrets, time, revocation entries and the
-//! refresh token's life. It imports nothing from the rest of the crate, so
+//! The leaf of the crate: names, secrets, time, revocation entries, client
+//! certificates and the refresh token's life. It imports nothing from the rest of the crate, so
 //! `store`, `keys`, `revocation` and `domain` all depend down onto it and
 //! never on each other's types for these.
 
+mod certificate;
 mod names;
 mod refresh;
 mod revocation;
 mod secrets;
 mod time;
 
+pub use certificate::{ClientCertificate, parse_sha256};
 pub use names::{Audience, ClientId, Scope, ScopeSet, Username};
 pub(crate) use refresh::Presentation;
 pub use refresh::{ExchangeRules, RefreshTokenState};

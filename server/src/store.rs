@@ -114,13 +114,26 @@ pub struct UserRecord {
     pub disabled: bool,
 }
 
+/// How a client proves who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCredential {
+    /// A secret, stored as its SHA-256.
+    Secret(SecretHash),
+    /// A TLS client certificate naming this in its subjectAltName (RFC 8705
+    /// `tls_client_auth`): a SPIFFE ID or DNS name.
+    TlsSubject(String),
+    /// A TLS client certificate with this SHA-256 (RFC 8705
+    /// `self_signed_tls_client_auth` style pinning).
+    TlsCertificate([u8; 32]),
+}
+
 /// A client (service account) as stored.
 #[derive(Debug, Clone)]
 pub struct ClientRecord {
     /// The client id, written as `sub` and `client_id`.
     pub id: ClientId,
-    /// SHA-256 of the client secret.
-    pub secret_hash: SecretHash,
+    /// How it authenticates.
+    pub credential: ClientCredential,
     /// Scopes the client may be granted.
     pub scopes: ScopeSet,
     /// Audiences the client may ask for besides the server default.

@@ -24,10 +24,6 @@ use rustls::{
 };
 use tokio_rustls::TlsAcceptor;
 
-mod certificate;
-
-pub(crate) use certificate::ClientCertificate;
-
 /// How often the certificate files are checked for changes.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
 

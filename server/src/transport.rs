@@ -34,7 +34,7 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tower::{Layer, Service};
 
-use crate::{background::Background, tls::ClientCertificate};
+use crate::{background::Background, model::ClientCertificate};
 
 /// Connection bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,6 +27,36 @@ pub struct AccessClaims {
     pub scope: String,
     /// Session id; what a session revocation names.
     pub sid: String,
+    /// RFC 8705 confirmation: the token is bound to this client
+    /// certificate, and only good over a connection presenting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// The `cnf` claim of a certificate-bound token (RFC 8705 §3.1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Confirmation {
+    /// base64url SHA-256 of the DER certificate.
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
+}
+
+impl AccessClaims {
+    /// True unless the token is bound to a certificate other than the one
+    /// whose DER is `presented` (or bound, and none was presented).
+    pub fn confirmed_by(&self, presented: Option<&[u8]>) -> bool {
+        match &self.cnf {
+            None => true,
+            Some(cnf) => presented.is_some_and(|der| cnf.x5t_s256 == x5t_s256(der)),
+        }
+    }
+}
+
+/// The RFC 8705 `x5t#S256` of a DER certificate: base64url SHA-256.
+pub fn x5t_s256(der: &[u8]) -> String {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
 }
 
 impl AccessClaims {
@@ -89,6 +119,27 @@ mod tests {
             ["read", "write"]
         );
         assert_eq!(split_scopes("").count(), 0);
+    }
+
+    #[test]
+    fn a_bound_token_is_confirmed_only_by_its_certificate() {
+        let mut claims: AccessClaims = serde_json::from_value(serde_json::json!({
+            "iss": "i", "sub": "s", "aud": "a", "exp": 2, "iat": 1, "nbf": 1,
+            "jti": "j", "client_id": "c", "scope": "", "sid": "s",
+        }))
+        .unwrap();
+        assert!(
+            claims.confirmed_by(None),
+            "an unbound token needs no certificate"
+        );
+        claims.cnf = Some(Confirmation {
+            x5t_s256: x5t_s256(b"the certificate"),
+        });
+        assert!(claims.confirmed_by(Some(b"the certificate")));
+        assert!(!claims.confirmed_by(Some(b"another certificate")));
+        assert!(!claims.confirmed_by(None));
+        let json = serde_json::to_value(&claims).unwrap();
+        assert!(json["cnf"]["x5t#S256"].is_string(), "{json}");
     }
 
     #[test]

@@ -26,7 +26,7 @@ mod verify;
 
 pub use alg::{Algorithm, UnknownAlgorithm};
 pub use bearer::{MalformedBearer, bearer_token};
-pub use claims::{AccessClaims, Audience, split_scopes};
+pub use claims::{AccessClaims, Audience, Confirmation, split_scopes, x5t_s256};
 pub use keys::{KeyError, SigningKey, VerifyingKey};
 pub use verify::{Rejected, UnverifiedToken, VerifyRules, parse};
 

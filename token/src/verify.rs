@@ -209,6 +209,7 @@ mod tests {
             client_id: "c".into(),
             scope: "read".into(),
             sid: "s".into(),
+            cnf: None,
         }
     }
 

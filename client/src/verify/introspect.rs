@@ -115,7 +115,9 @@ impl IntrospectionVerifier {
             Ok(claims) => {
                 Instant::now() + self.config.revocation_budget.min(until_expiry(claims.exp))
             }
-            Err(VerifyError::Inactive) => Instant::now() + self.config.negative_ttl,
+            Err(VerifyError::Inactive | VerifyError::WrongCertificate) => {
+                Instant::now() + self.config.negative_ttl
+            }
             Err(VerifyError::Unavailable(_)) => return,
         };
         let mut cache = self.cache.lock();
@@ -170,6 +172,7 @@ impl IntrospectionVerifier {
             exp: response.exp,
             jti: response.jti,
             sid: response.sid,
+            cnf_x5t_s256: Some(response.cnf_x5t_s256).filter(|c| !c.is_empty()),
         }))
     }
 }
@@ -206,7 +209,9 @@ impl Verifier for IntrospectionVerifier {
             }
         };
         match &answer {
-            Err(VerifyError::Inactive) => VerifyMetrics::bump(&self.metrics.inactive),
+            Err(VerifyError::Inactive | VerifyError::WrongCertificate) => {
+                VerifyMetrics::bump(&self.metrics.inactive);
+            }
             Err(VerifyError::Unavailable(_)) => VerifyMetrics::bump(&self.metrics.unavailable),
             Ok(_) => {}
         }

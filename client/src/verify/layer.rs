@@ -10,7 +10,11 @@ use std::{
     task::{Context, Poll},
 };
 
-use tonic::{Status, body::Body};
+use tonic::{
+    Status,
+    body::Body,
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
+};
 use tower::{Layer, Service};
 
 use super::{VerifiedClaims, Verifier, VerifyError};
@@ -118,7 +122,22 @@ where
             if PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
                 return inner.call(request).await;
             }
-            match authorize(&*verifier, &rules, &path, request.headers()).await {
+            // The caller's client certificate, when the service speaks TLS
+            // through tonic: a certificate-bound token must come with it.
+            let presented = request
+                .extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(TlsConnectInfo::peer_certs)
+                .and_then(|certs| certs.first().map(|der| der.to_vec()));
+            match authorize(
+                &*verifier,
+                &rules,
+                &path,
+                request.headers(),
+                presented.as_deref(),
+            )
+            .await
+            {
                 Ok(claims) => {
                     request.extensions_mut().insert(claims);
                     inner.call(request).await
@@ -136,6 +155,7 @@ async fn authorize(
     rules: &ScopeRules,
     path: &str,
     headers: &http::HeaderMap,
+    presented: Option<&[u8]>,
 ) -> Result<Arc<VerifiedClaims>, Status> {
     let token = headers
         .get(http::header::AUTHORIZATION)
@@ -144,14 +164,20 @@ async fn authorize(
             tessera_token::bearer_token(value.as_bytes())
                 .map_err(|e| Status::unauthenticated(e.to_string()))
         })?;
-    let claims = verifier.verify(token).await.map_err(|e| match e {
-        VerifyError::Inactive => {
-            Status::unauthenticated("bearer token is invalid, expired or revoked")
-        }
-        VerifyError::Unavailable(_) => {
-            Status::unavailable("cannot verify the bearer token right now")
-        }
-    })?;
+    let claims = verifier
+        .verify_presented(token, presented)
+        .await
+        .map_err(|e| match e {
+            VerifyError::Inactive => {
+                Status::unauthenticated("bearer token is invalid, expired or revoked")
+            }
+            VerifyError::WrongCertificate => Status::unauthenticated(
+                "bearer token is bound to a client certificate this connection did not present",
+            ),
+            VerifyError::Unavailable(_) => {
+                Status::unavailable("cannot verify the bearer token right now")
+            }
+        })?;
     let required = rules
         .required(path)
         .ok_or_else(|| Status::permission_denied(format!("no access rule allows {path}")))?;

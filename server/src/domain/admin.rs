@@ -11,8 +11,19 @@ use crate::{
         Audience, ClientId, Clock, Password, ScopeSet, SecretHash, Username, new_client_secret,
         random_id,
     },
-    store::{ClientRecord, Store, StoreError, UserRecord},
+    store::{ClientCredential, ClientRecord, Store, StoreError, UserRecord},
 };
+
+/// How a new client will authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewClientCredential {
+    /// A new secret, shown once.
+    Secret,
+    /// A TLS client certificate naming this in its subjectAltName.
+    TlsSubject(String),
+    /// The TLS client certificate with this SHA-256.
+    TlsCertificate([u8; 32]),
+}
 
 /// Why an administrative command failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,17 +119,30 @@ impl Admin {
             .ok_or_else(|| AdminError::UnknownUser(username.to_string()))
     }
 
-    /// Creates a client; returns its new secret, which is shown once and
-    /// stored only as a hash.
+    /// Creates a client; returns its new secret (for a secret credential),
+    /// which is shown once and stored only as a hash.
     pub async fn add_client(
         &self,
         id: ClientId,
         scopes: ScopeSet,
         audiences: Vec<Audience>,
-    ) -> Result<SecretString, AdminError> {
-        let secret = new_client_secret();
+        credential: NewClientCredential,
+    ) -> Result<Option<SecretString>, AdminError> {
+        let (secret, credential) = match credential {
+            NewClientCredential::Secret => {
+                let secret = new_client_secret();
+                let hash = SecretHash::of(secret.expose_secret());
+                (Some(secret), ClientCredential::Secret(hash))
+            }
+            NewClientCredential::TlsSubject(subject) => {
+                (None, ClientCredential::TlsSubject(subject))
+            }
+            NewClientCredential::TlsCertificate(sha256) => {
+                (None, ClientCredential::TlsCertificate(sha256))
+            }
+        };
         let client = ClientRecord {
-            secret_hash: SecretHash::of(secret.expose_secret()),
+            credential,
             id,
             scopes,
             audiences,

@@ -1,10 +1,17 @@
 //! One authentication step for both grants: credentials in, a [`Principal`]
 //! out, or one indistinguishable [`AuthError::InvalidCredentials`].
 
+use std::sync::Arc;
+
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{AuthError, Authority, Entitlement, PASSWORD_GRANT_CLIENT_ID};
-use crate::model::{Audience, ClientId, Password, ScopeSet, SecretHash, Username, random_id};
+use crate::{
+    model::{
+        Audience, ClientCertificate, ClientId, Password, ScopeSet, SecretHash, Username, random_id,
+    },
+    store::{ClientCredential, ClientRecord},
+};
 
 /// Credentials presented to Issue.
 #[derive(Debug)]
@@ -23,6 +30,14 @@ pub(crate) enum Credentials {
         /// Its secret.
         secret: SecretString,
     },
+    /// A client's id, proved by the TLS client certificate of the
+    /// connection (RFC 8705 mutual-TLS client authentication).
+    ClientCertificate {
+        /// Which client.
+        client_id: ClientId,
+        /// The connection's verified certificate.
+        certificate: Arc<ClientCertificate>,
+    },
 }
 
 /// Who authenticated, and what they may be granted.
@@ -38,6 +53,9 @@ pub(crate) struct Principal {
     pub scopes: ScopeSet,
     /// Audiences the principal may ask for besides the server default.
     pub audiences: Vec<Audience>,
+    /// For a client that authenticated by certificate: the certificate's
+    /// `x5t#S256`, which its tokens are bound to (RFC 8705 §3).
+    pub confirmation: Option<String>,
 }
 
 impl Credentials {
@@ -46,7 +64,9 @@ impl Credentials {
     pub(crate) fn account(&self) -> String {
         match self {
             Self::Password { username, .. } => format!("user:{username}"),
-            Self::ClientSecret { client_id, .. } => format!("client:{client_id}"),
+            Self::ClientSecret { client_id, .. } | Self::ClientCertificate { client_id, .. } => {
+                format!("client:{client_id}")
+            }
         }
     }
 }
@@ -77,6 +97,7 @@ impl Principal {
             audience,
             scopes,
             sid,
+            confirmation: self.confirmation.clone(),
         })
     }
 }
@@ -107,6 +128,7 @@ impl Authority {
                             is_user: true,
                             scopes: user.scopes,
                             audiences: user.audiences,
+                            confirmation: None,
                         })
                     }
                     _ => Err(AuthError::InvalidCredentials),
@@ -115,23 +137,47 @@ impl Authority {
             Credentials::ClientSecret { client_id, secret } => {
                 let client = self.store.find_client(&client_id).await?;
                 let presented = SecretHash::of(secret.expose_secret());
-                let expected = client
-                    .as_ref()
-                    .map_or_else(|| SecretHash::of(&random_id()), |c| c.secret_hash.clone());
-                match client {
-                    Some(client) if expected.matches(&presented) && !client.disabled => {
-                        Ok(Principal {
-                            subject: client.id.as_str().to_owned(),
-                            client_id: client.id.as_str().to_owned(),
-                            is_user: false,
-                            scopes: client.scopes,
-                            audiences: client.audiences,
-                        })
-                    }
-                    _ => Err(AuthError::InvalidCredentials),
-                }
+                // Compared even for an unknown client (or one that uses a
+                // certificate), so every answer costs the same.
+                let expected = match client.as_ref().map(|c| &c.credential) {
+                    Some(ClientCredential::Secret(hash)) => hash.clone(),
+                    _ => SecretHash::of(&random_id()),
+                };
+                let matches = expected.matches(&presented);
+                client_principal(client.filter(|_| matches), None)
+            }
+            Credentials::ClientCertificate {
+                client_id,
+                certificate,
+            } => {
+                let client = self.store.find_client(&client_id).await?;
+                let matches = client.as_ref().is_some_and(|c| match &c.credential {
+                    ClientCredential::TlsSubject(subject) => certificate.names.contains(subject),
+                    ClientCredential::TlsCertificate(sha256) => certificate.has_sha256(sha256),
+                    ClientCredential::Secret(_) => false,
+                });
+                client_principal(client.filter(|_| matches), Some(certificate.x5t_s256()))
             }
         }
+    }
+}
+
+/// The principal of a client whose credential matched (`None`: it did not,
+/// or there is no such client), unless the client is disabled.
+fn client_principal(
+    client: Option<ClientRecord>,
+    confirmation: Option<String>,
+) -> Result<Principal, AuthError> {
+    match client {
+        Some(client) if !client.disabled => Ok(Principal {
+            subject: client.id.as_str().to_owned(),
+            client_id: client.id.as_str().to_owned(),
+            is_user: false,
+            scopes: client.scopes,
+            audiences: client.audiences,
+            confirmation,
+        }),
+        _ => Err(AuthError::InvalidCredentials),
     }
 }
 

@@ -57,6 +57,8 @@ pub struct TokenInfo {
     pub jti: Option<String>,
     /// Session id.
     pub sid: String,
+    /// `x5t#S256` of the certificate a bound token is bound to.
+    pub cnf_x5t_s256: Option<String>,
 }
 
 /// What Introspect reports.
@@ -86,6 +88,7 @@ impl From<AccessClaims> for TokenInfo {
             iss: c.iss,
             jti: Some(c.jti),
             sid: c.sid,
+            cnf_x5t_s256: c.cnf.map(|cnf| cnf.x5t_s256),
         }
     }
 }
@@ -189,6 +192,7 @@ impl Authority {
                         iss: self.settings.issuer.clone(),
                         jti: None,
                         sid: r.sid,
+                        cnf_x5t_s256: None,
                     })
                 }
                 _ => Introspection::Inactive,

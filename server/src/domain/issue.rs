@@ -30,7 +30,9 @@ impl Authority {
     pub(crate) async fn issue(&self, command: IssueCommand) -> Result<Tokens, AuthError> {
         let grant = match command.credentials {
             Credentials::Password { .. } => "password",
-            Credentials::ClientSecret { .. } => "client_credentials",
+            Credentials::ClientSecret { .. } | Credentials::ClientCertificate { .. } => {
+                "client_credentials"
+            }
         };
         tracing::Span::current().record("grant", grant);
         let account = command.credentials.account();

@@ -2,7 +2,7 @@
 //! token, and for a session a new refresh token beside it.
 
 use secrecy::{ExposeSecret, SecretString};
-use tessera_token::{AccessClaims, Audience as AudienceClaim};
+use tessera_token::{AccessClaims, Audience as AudienceClaim, Confirmation};
 
 use super::{AuthError, Authority};
 use crate::{
@@ -24,6 +24,8 @@ pub(crate) struct Entitlement {
     /// `sid`: the session, or a one-off id that still groups the token for
     /// revocation.
     pub sid: String,
+    /// `cnf.x5t#S256`: the client certificate the token is bound to.
+    pub confirmation: Option<String>,
 }
 
 /// What Issue and Refresh return.
@@ -62,6 +64,9 @@ impl Authority {
             client_id: entitlement.client_id,
             scope: entitlement.scopes.joined(),
             sid: entitlement.sid,
+            cnf: entitlement
+                .confirmation
+                .map(|x5t_s256| Confirmation { x5t_s256 }),
         };
         let access_token = self.keys.sign(&claims, now)?;
         let refresh_expires_in = if refresh_token.is_some() {

@@ -76,5 +76,6 @@ fn session_entitlement(record: &RefreshTokenRecord, scopes: ScopeSet) -> Entitle
         audience: record.audience.clone(),
         scopes,
         sid: record.sid.clone(),
+        confirmation: None,
     }
 }

@@ -44,10 +44,9 @@ pub(super) fn bearer_token(metadata: &MetadataMap) -> Result<Option<&str>, tonic
 pub(super) fn issue_command(
     request: tonic::Request<IssueRequest>,
 ) -> Result<IssueCommand, AuthError> {
-    let peer = request
-        .extensions()
-        .get::<PeerInfo>()
-        .map(|peer| peer.remote_addr.ip());
+    let peer_info = request.extensions().get::<PeerInfo>().cloned();
+    let peer = peer_info.as_ref().map(|peer| peer.remote_addr.ip());
+    let certificate = peer_info.and_then(|peer| peer.client_certificate);
     let request = request.into_inner();
     let credentials = match request.grant {
         None => {
@@ -59,10 +58,21 @@ pub(super) fn issue_command(
             username: Username::parse(&p.username)?,
             password: Password::parse(SecretString::from(p.password))?,
         },
-        Some(PbGrant::ClientCredentials(c)) => {
-            if c.client_secret.is_empty() {
-                return Err(InvalidInput::new("client_secret is required").into());
+        Some(PbGrant::ClientCredentials(c)) if c.client_secret.is_empty() => {
+            let client_id = ClientId::parse(&c.client_id)?;
+            let certificate = certificate.ok_or_else(|| {
+                InvalidInput::new(
+                    "client_secret is required, unless the client authenticates by its TLS \
+                     certificate over mutual TLS (registered with --tls-subject or \
+                     --tls-cert-sha256)",
+                )
+            })?;
+            Credentials::ClientCertificate {
+                client_id,
+                certificate,
             }
+        }
+        Some(PbGrant::ClientCredentials(c)) => {
             if c.client_secret.len() > MAX_CLIENT_SECRET_BYTES {
                 return Err(InvalidInput::new(format!(
                     "client_secret is longer than {MAX_CLIENT_SECRET_BYTES} bytes"
@@ -133,6 +143,7 @@ impl From<Introspection> for IntrospectResponse {
             iss: info.iss,
             jti: info.jti.unwrap_or_default(),
             sid: info.sid,
+            cnf_x5t_s256: info.cnf_x5t_s256.unwrap_or_default(),
         }
     }
 }

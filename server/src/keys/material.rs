@@ -87,6 +87,7 @@ mod tests {
             client_id: "c".into(),
             scope: String::new(),
             sid: "s".into(),
+            cnf: None,
         };
         let rules = VerifyRules {
             issuer: "i".into(),

@@ -10,12 +10,13 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::{Acquire, AnyConnection, AnyPool, FromRow};
 
 use super::{
-    Backend, ChangeFeed, ClientRecord, Exchange, ExchangeRequest, NewRefreshToken, NewSession,
-    Pruned, RefreshTokenRecord, Store, StoreError, StoredKey, UserRecord, postgres, sqlite,
+    Backend, ChangeFeed, ClientCredential, ClientRecord, Exchange, ExchangeRequest,
+    NewRefreshToken, NewSession, Pruned, RefreshTokenRecord, Store, StoreError, StoredKey,
+    UserRecord, postgres, sqlite,
 };
 use crate::model::{
     Audience, ClientId, InvalidInput, Presentation, RefreshTokenState, Revocation, RevocationKind,
-    ScopeSet, SecretHash, UnixTime, Username,
+    ScopeSet, SecretHash, UnixTime, Username, parse_sha256, random_id,
 };
 
 /// The database's clock in milliseconds, per backend.
@@ -150,6 +151,8 @@ impl TryFrom<UserRow> for UserRecord {
 struct ClientRow {
     id: String,
     secret_hash: Vec<u8>,
+    tls_subject: Option<String>,
+    tls_cert_sha256: Option<String>,
     scopes: String,
     audiences: String,
     disabled_at: Option<i64>,
@@ -159,9 +162,16 @@ impl TryFrom<ClientRow> for ClientRecord {
     type Error = StoreError;
 
     fn try_from(row: ClientRow) -> Result<Self, StoreError> {
+        let credential = match (row.tls_subject, row.tls_cert_sha256) {
+            (Some(subject), _) => ClientCredential::TlsSubject(subject),
+            (None, Some(sha256)) => ClientCredential::TlsCertificate(
+                parse_sha256(&sha256).map_err(corrupt("client certificate thumbprint"))?,
+            ),
+            (None, None) => ClientCredential::Secret(secret_hash(&row.secret_hash)?),
+        };
         Ok(Self {
             id: ClientId::parse(&row.id).map_err(corrupt("client id"))?,
-            secret_hash: secret_hash(&row.secret_hash)?,
+            credential,
             scopes: scopes(&row.scopes)?,
             audiences: audiences(&row.audiences)?,
             disabled: row.disabled_at.is_some(),
@@ -399,12 +409,31 @@ impl Store for SqlStore {
 
     #[tracing::instrument(name = "db.clients.insert", skip_all)]
     async fn insert_client(&self, client: &ClientRecord, now: UnixTime) -> Result<(), StoreError> {
+        let (secret_hash, tls_subject, tls_cert_sha256) = match &client.credential {
+            ClientCredential::Secret(hash) => (hash.clone(), None, None),
+            // Nobody knows the secret this is the hash of.
+            ClientCredential::TlsSubject(subject) => {
+                (SecretHash::of(&random_id()), Some(subject.clone()), None)
+            }
+            ClientCredential::TlsCertificate(sha256) => (
+                SecretHash::of(&random_id()),
+                None,
+                Some(
+                    sha256
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>(),
+                ),
+            ),
+        };
         sqlx::query(
-            "INSERT INTO clients (id, secret_hash, scopes, audiences, created_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO clients (id, secret_hash, tls_subject, tls_cert_sha256, scopes, audiences, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(client.id.as_str())
-        .bind(client.secret_hash.as_bytes().to_vec())
+        .bind(secret_hash.as_bytes().to_vec())
+        .bind(tls_subject)
+        .bind(tls_cert_sha256)
         .bind(client.scopes.joined())
         .bind(join_audiences(&client.audiences))
         .bind(now.as_secs())
@@ -416,7 +445,8 @@ impl Store for SqlStore {
     #[tracing::instrument(name = "db.clients.find", skip_all)]
     async fn find_client(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
         sqlx::query_as::<_, ClientRow>(
-            "SELECT id, secret_hash, scopes, audiences, disabled_at FROM clients WHERE id = $1",
+            "SELECT id, secret_hash, tls_subject, tls_cert_sha256, scopes, audiences, disabled_at \
+             FROM clients WHERE id = $1",
         )
         .bind(id.as_str())
         .fetch_optional(&self.pool)

@@ -17,8 +17,8 @@ use tessera_client::{
     verify::{IntrospectionConfig, IntrospectionVerifier, JwksConfig, JwksVerifier},
 };
 use tessera_server::{
-    Admin, Application, Audience, ClientId, Clock, Kek, ManualClock, Password, ScopeSet, Settings,
-    Store, Username, open_admin, open_store, random_id,
+    Admin, Application, Audience, ClientId, Clock, Kek, ManualClock, NewClientCredential, Password,
+    ScopeSet, Settings, Store, Username, open_admin, open_store, random_id,
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{
@@ -146,6 +146,8 @@ pub(crate) struct TestApp {
     pub(crate) store: Arc<dyn Store>,
     /// Administration, as the `tessera user` and `tessera client` commands do it.
     pub(crate) admin: Admin,
+    /// How the client crate's parts reach it (plaintext, until `use_tls`).
+    transport: Transport,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -219,6 +221,7 @@ pub(crate) async fn spawn_app_on(
         settings,
         store,
         admin,
+        transport: Transport::default(),
         shutdown: Some(tx),
         server: Some(server),
     }
@@ -248,6 +251,19 @@ impl TestApp {
 
     /// Adds a client the way `tessera client add` does; returns its secret.
     pub(crate) async fn add_client(&self, id: &str, scopes: &[&str], audiences: &[&str]) -> String {
+        self.add_client_with(id, scopes, audiences, NewClientCredential::Secret)
+            .await
+            .expect("a secret client has a secret")
+    }
+
+    /// Adds a client that authenticates with `credential`; its secret, if any.
+    pub(crate) async fn add_client_with(
+        &self,
+        id: &str,
+        scopes: &[&str],
+        audiences: &[&str],
+        credential: NewClientCredential,
+    ) -> Option<String> {
         self.admin
             .add_client(
                 ClientId::parse(id).unwrap(),
@@ -256,11 +272,11 @@ impl TestApp {
                     .iter()
                     .map(|a| Audience::parse(a).unwrap())
                     .collect(),
+                credential,
             )
             .await
             .expect("add client")
-            .expose_secret()
-            .to_owned()
+            .map(|secret| secret.expose_secret().to_owned())
     }
 
     /// Issue with a password grant.
@@ -358,6 +374,24 @@ impl TestApp {
         TokenServiceClient::new(channel)
     }
 
+    /// From now on, talks to the app over TLS trusting `ca_pem`: its
+    /// `client`, and the client crate parts the helpers build.
+    pub(crate) fn use_tls(&mut self, ca_pem: &str) {
+        self.client = self.tls_client(ca_pem, None);
+        self.transport = Transport::Tls(tessera_client::ClientTls::new().with_ca_pem(ca_pem));
+    }
+
+    /// The endpoint the client crate's parts dial: `https://localhost`
+    /// once `use_tls` was called.
+    fn client_endpoint(&self) -> Endpoint {
+        match self.transport {
+            Transport::Tls(_) => {
+                Endpoint::from_shared(format!("https://localhost:{}", self.addr.port())).unwrap()
+            }
+            Transport::Plaintext(_) => self.endpoint(),
+        }
+    }
+
     /// A client over TLS trusting `ca_pem`, presenting `identity` if given.
     pub(crate) fn tls_client(
         &self,
@@ -405,15 +439,15 @@ impl TestApp {
             client_secret: SecretString::from(secret),
         };
         let own = TokenSource::connect(
-            &self.endpoint(),
-            &Transport::default(),
+            &self.client_endpoint(),
+            &self.transport,
             credentials,
             SourceConfig::default(),
         )
         .unwrap();
         own.ready().await.unwrap();
-        let auth = AuthInterceptor::new(&own, &self.endpoint(), &Transport::default()).unwrap();
-        IntrospectionVerifier::connect(&self.endpoint(), &Transport::default(), auth, config)
+        let auth = AuthInterceptor::new(&own, &self.client_endpoint(), &self.transport).unwrap();
+        IntrospectionVerifier::connect(&self.client_endpoint(), &self.transport, auth, config)
             .unwrap()
     }
 
@@ -427,7 +461,7 @@ impl TestApp {
         jwks.max_lifetime = self.settings.tokens.access_token_max_lifetime;
         jwks.min_refetch = Duration::from_millis(10);
         config(&mut jwks);
-        JwksVerifier::connect(&self.endpoint(), &Transport::default(), &jwks).unwrap()
+        JwksVerifier::connect(&self.client_endpoint(), &self.transport, &jwks).unwrap()
     }
 
     /// Stops the server gracefully and waits for it.

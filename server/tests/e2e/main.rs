@@ -11,6 +11,7 @@
 mod helpers;
 
 mod api;
+mod bound_tokens;
 mod cli;
 mod client;
 mod deployment;

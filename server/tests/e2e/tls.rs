@@ -32,7 +32,7 @@ async fn tls_app(pki: &Pki, configure: impl FnOnce(&mut TlsSettings)) -> (TestAp
 async fn every_rpc_works_over_tls_and_plaintext_is_refused() {
     let pki = Pki::new("server CA");
     let (mut app, _db) = tls_app(&pki, |_| {}).await;
-    app.client = app.tls_client(&pki.ca_pem(), None);
+    app.use_tls(&pki.ca_pem());
     app.add_user("alice", "pw", &["read"]).await;
     let tokens = app.login("alice", "pw").await.unwrap();
     let rotated = app.refresh(&tokens.refresh_token).await.unwrap();

@@ -1,21 +1,24 @@
-//! A client's certificate as the handlers see it: its SHA-256 thumbprint
+//! A client's certificate as the domain sees it: its SHA-256 thumbprint
 //! (RFC 8705 `x5t#S256`) and the names in its subjectAltName (DNS names,
-//! and URIs such as SPIFFE IDs), read from the DER rustls verified.
+//! and URIs such as SPIFFE IDs), read from the DER the TLS layer verified.
 
-use aws_lc_rs::digest;
+use aws_lc_rs::{constant_time, digest};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+
+use super::InvalidInput;
 
 /// A verified client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ClientCertificate {
+pub struct ClientCertificate {
     /// SHA-256 of the DER certificate.
-    pub(crate) sha256: [u8; 32],
+    pub sha256: [u8; 32],
     /// DNS names and URIs from subjectAltName.
-    pub(crate) names: Vec<String>,
+    pub names: Vec<String>,
 }
 
 impl ClientCertificate {
-    pub(crate) fn from_der(der: &[u8]) -> Self {
+    /// The certificate in DER form (already verified by TLS).
+    pub fn from_der(der: &[u8]) -> Self {
         let mut sha256 = [0u8; 32];
         sha256.copy_from_slice(digest::digest(&digest::SHA256, der).as_ref());
         Self {
@@ -25,10 +28,37 @@ impl ClientCertificate {
     }
 
     /// The RFC 8705 `x5t#S256` confirmation value: base64url SHA-256.
-    #[allow(dead_code)] // used by RFC 8705 binding, next
-    pub(crate) fn x5t_s256(&self) -> String {
+    pub fn x5t_s256(&self) -> String {
         URL_SAFE_NO_PAD.encode(self.sha256)
     }
+
+    /// True when this is the certificate with thumbprint `sha256`.
+    pub fn has_sha256(&self, sha256: &[u8; 32]) -> bool {
+        constant_time::verify_slices_are_equal(&self.sha256, sha256).is_ok()
+    }
+}
+
+/// A certificate thumbprint as an operator gives it: 64 hex digits (with or
+/// without colons, as `openssl x509 -fingerprint -sha256` prints them), or
+/// the base64url `x5t#S256` form.
+pub fn parse_sha256(text: &str) -> Result<[u8; 32], InvalidInput> {
+    let hex: String = text.chars().filter(|c| *c != ':').collect();
+    let bytes = if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .ok()
+    } else {
+        URL_SAFE_NO_PAD.decode(text).ok()
+    };
+    bytes
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| {
+            InvalidInput(format!(
+                "certificate thumbprint {text:?} is not a SHA-256: give 64 hex digits \
+                 (openssl x509 -noout -fingerprint -sha256) or base64url"
+            ))
+        })
 }
 
 /// Splits one DER element off `input`: (tag, contents, remainder).
@@ -86,4 +116,25 @@ fn subject_alt_names(der: &[u8]) -> Option<Vec<String>> {
         );
     }
     Some(Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thumbprint_is_read_in_hex_with_or_without_colons_or_base64url() {
+        let bytes: [u8; 32] = core::array::from_fn(|i| u8::try_from(i).unwrap() * 7);
+        let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
+        let colons = bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(parse_sha256(&hex).unwrap(), bytes);
+        assert_eq!(parse_sha256(&colons).unwrap(), bytes);
+        assert_eq!(parse_sha256(&URL_SAFE_NO_PAD.encode(bytes)).unwrap(), bytes);
+        assert!(parse_sha256("abcd").is_err());
+        assert!(parse_sha256(&"zz".repeat(32)).is_err());
+    }
 }
