@@ -265,3 +265,76 @@ async fn the_client_crate_gets_and_checks_tokens_over_mutual_tls() {
         JwksVerifier::connect(&endpoint, &tls, &JwksConfig::new("tessera", "tessera")).unwrap();
     assert!(jwks.verify(&token).await.is_ok());
 }
+
+/// The test cluster's CA, when `scripts/test.sh` started it with TLS.
+fn postgres_ca() -> Option<String> {
+    let ca = std::env::var("TESSERA_TEST_PG_CA").ok();
+    if ca.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the PostgreSQL TLS test: scripts/test.sh sets TESSERA_TEST_PG_CA"
+        );
+        eprintln!(
+            "skipped: TESSERA_TEST_PG_CA is not set (scripts/test.sh sets it for its own TLS cluster)"
+        );
+    }
+    ca
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_honour_sslmode() {
+    let Some(ca) = postgres_ca() else {
+        return;
+    };
+    let db = TestDatabase::new(Backend::Postgres).await;
+    let with = |params: &str| format!("{}?{params}", db.url);
+    // The full check: chain and host name.
+    let store = tessera_server::connect_store(
+        &with(&format!("sslmode=verify-full&sslrootcert={ca}")),
+        1,
+        true,
+    )
+    .await
+    .expect("verify-full with the cluster's CA");
+    store.ping().await.unwrap();
+    let ssl: bool = {
+        use sqlx::Connection;
+        let mut conn =
+            sqlx::PgConnection::connect(&with(&format!("sslmode=verify-full&sslrootcert={ca}")))
+                .await
+                .unwrap();
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert!(ssl, "the connection was not encrypted");
+    assert!(
+        tessera_server::connect_store(&with("sslmode=require"), 1, false)
+            .await
+            .is_ok()
+    );
+    // A CA that did not sign the server's certificate: refused.
+    let stranger = Pki::new("not the database's CA");
+    let refused = tessera_server::connect_store(
+        &with(&format!(
+            "sslmode=verify-full&sslrootcert={}",
+            stranger.ca_path().display()
+        )),
+        1,
+        false,
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "verify-full accepted a server the CA did not sign"
+    );
+    // And a whole Tessera runs over it.
+    let app = crate::helpers::spawn_app_on(&db, |s| {
+        s.database_url =
+            secrecy::SecretString::from(with(&format!("sslmode=verify-full&sslrootcert={ca}")));
+    })
+    .await;
+    app.add_user("alice", "pw", &["read"]).await;
+    app.login("alice", "pw").await.unwrap();
+}
