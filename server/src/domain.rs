@@ -63,8 +63,6 @@ pub(crate) struct Authority {
     /// for an Introspect caller's bearer (which must be meant for Tessera).
     rules: VerifyRules,
     bearer_rules: VerifyRules,
-    /// Introspect callers' bearer tokens whose signature was checked.
-    bearers: introspect::BearerCache,
     /// Slows credential guessing.
     throttle: throttle::LoginThrottle,
 }
@@ -91,7 +89,6 @@ impl Authority {
             settings,
             rules,
             bearer_rules,
-            bearers: introspect::BearerCache::default(),
             throttle: throttle::LoginThrottle::new(throttle),
         }
     }
@@ -115,7 +112,7 @@ impl Authority {
     }
 
     /// Signature, form and time checks; not revocation.
-    fn verify_access_token(&self, token: &str, now: UnixTime) -> Option<AccessClaims> {
+    fn verify_access_token(&self, token: &str, now: UnixTime) -> Option<Arc<AccessClaims>> {
         self.verify_with(token, &self.rules, now).ok()
     }
 
@@ -124,7 +121,7 @@ impl Authority {
         token: &str,
         rules: &VerifyRules,
         now: UnixTime,
-    ) -> Result<AccessClaims, tessera_token::Rejected> {
+    ) -> Result<Arc<AccessClaims>, tessera_token::Rejected> {
         self.keys
             .verify(token, rules, now)
             .inspect_err(|reason| tracing::debug!(%reason, "token rejected"))

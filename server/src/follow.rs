@@ -99,7 +99,34 @@ pub(crate) struct DatabaseFollower {
 
 impl DatabaseFollower {
     /// Runs until the task is aborted.
+    ///
+    /// Revocation syncs run in a task of their own, woken through a
+    /// [`tokio::sync::Notify`]: any number of notifications arriving during
+    /// a sync cost one more sync, not one each, and reading the feed never
+    /// waits for a sync.
     pub(crate) async fn run(self) {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        // Aborted with this task, when dropped.
+        let _syncer = {
+            let (wake, revocations, store, clock) = (
+                Arc::clone(&wake),
+                Arc::clone(&self.revocations),
+                Arc::clone(&self.store),
+                Arc::clone(&self.clock),
+            );
+            crate::background::Background(tokio::spawn(async move {
+                loop {
+                    wake.notified().await;
+                    if let Err(e) = revocations.sync(&*store, clock.now()).await {
+                        tracing::warn!(error = %e, "cannot read the revocation log");
+                    }
+                }
+            }))
+        };
+        self.follow(&wake).await;
+    }
+
+    async fn follow(&self, sync: &tokio::sync::Notify) {
         // The first ticks are one period out: start-up has just loaded keys
         // and read the log.
         let mut poll = every(self.settings.poll_interval);
@@ -115,7 +142,7 @@ impl DatabaseFollower {
                     Ok(Ok(Some(f))) => {
                         feed = Some(f);
                         // Anything committed while we were not listening.
-                        self.sync_revocations().await;
+                        sync.notify_one();
                         self.reload_keys().await;
                     }
                     Ok(Ok(None)) => feed_supported = false,
@@ -127,15 +154,15 @@ impl DatabaseFollower {
             }
             tokio::select! {
                 _ = poll.tick() => {
-                    self.sync_revocations().await;
+                    sync.notify_one();
                     self.check_clock().await;
                 }
                 _ = key_refresh.tick() => self.reload_keys().await,
                 change = next_change(&mut feed) => match change {
-                    Ok(Change::Revocations) => self.sync_revocations().await,
+                    Ok(Change::Revocations) => sync.notify_one(),
                     Ok(Change::Keys) => self.reload_keys().await,
                     Ok(Change::Unknown) => {
-                        self.sync_revocations().await;
+                        sync.notify_one();
                         self.reload_keys().await;
                     }
                     Err(e) => {
@@ -144,12 +171,6 @@ impl DatabaseFollower {
                     }
                 },
             }
-        }
-    }
-
-    async fn sync_revocations(&self) {
-        if let Err(e) = self.revocations.sync(&*self.store, self.clock.now()).await {
-            tracing::warn!(error = %e, "cannot read the revocation log");
         }
     }
 

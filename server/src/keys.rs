@@ -21,6 +21,7 @@ use crate::{
 
 mod kek;
 mod material;
+mod verified;
 
 pub use kek::{Kek, KekError};
 
@@ -112,6 +113,8 @@ pub(crate) struct KeyRing {
     /// Published keys (next, signing, retiring), oldest activation first.
     /// Readers clone the `Arc` and never hold the lock while working.
     keys: RwLock<Arc<Vec<Arc<LoadedKey>>>>,
+    /// Tokens whose signature one of `keys` verified.
+    verified: verified::VerifiedTokens,
 }
 
 impl KeyRing {
@@ -128,6 +131,7 @@ impl KeyRing {
             kek,
             retention,
             keys: RwLock::new(Arc::new(Vec::new())),
+            verified: verified::VerifiedTokens::default(),
         };
         ring.reload(store, now).await?;
         if ring.signer(now).is_none() {
@@ -212,19 +216,47 @@ impl KeyRing {
     /// Verifies an access token's form, signature and claims at `now`: the
     /// token's `kid` selects a published key, and nothing else can.
     /// Revocation is not checked here.
+    ///
+    /// A token verified before is not verified again while the key that
+    /// signed it is published; its claims are checked against `rules` at
+    /// `now` on every call.
     pub(crate) fn verify(
         &self,
         token: &str,
         rules: &VerifyRules,
         now: UnixTime,
-    ) -> Result<AccessClaims, Rejected> {
-        let token = tessera_token::parse(token)?;
+    ) -> Result<Arc<AccessClaims>, Rejected> {
+        if token.len() > tessera_token::MAX_TOKEN_BYTES {
+            return Err(Rejected::TooLarge);
+        }
         let keys = self.snapshot();
+        let digest = verified::VerifiedTokens::digest(token);
+        if let Some(hit) = self.verified.get(&digest) {
+            if keys.iter().any(|k| Arc::ptr_eq(k, &hit.key)) {
+                rules.check(&hit.claims, now.as_secs()).inspect_err(|e| {
+                    if *e == Rejected::Expired {
+                        self.verified.remove(&digest);
+                    }
+                })?;
+                return Ok(hit.claims);
+            }
+            // Its key was dropped: the token is judged afresh (and fails).
+            self.verified.remove(&digest);
+        }
+        let parsed = tessera_token::parse(token)?;
         let key = keys
             .iter()
-            .find(|k| k.kid() == token.kid())
+            .find(|k| k.kid() == parsed.kid())
             .ok_or(Rejected::UnknownKey)?;
-        token.verify(&key.verifying, rules, now.as_secs())
+        let claims = Arc::new(parsed.verify(&key.verifying, rules, now.as_secs())?);
+        self.verified.insert(
+            digest,
+            verified::Verified {
+                key: Arc::clone(key),
+                claims: Arc::clone(&claims),
+            },
+        );
+        Ok(claims)
     }
 
     /// The RFC 7517 JWK Set of every published key (public halves only).
@@ -321,5 +353,82 @@ mod tests {
             ]
         );
         assert_eq!(at(160), [KeyState::Expired, KeyState::Signing]);
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_is_checked_for_time_and_audience_on_every_use_and_only_while_its_key_is_published()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let store = crate::store::connect(&url, 1, true).await.unwrap();
+        let kek = Kek::from_base64(&Kek::generate_base64()).unwrap();
+        let retention = Duration::from_secs(600);
+        let t0 = UnixTime::from_secs(1_000_000);
+        let ring = KeyRing::load(store.as_ref(), kek, Algorithm::Es256, retention, t0)
+            .await
+            .unwrap();
+        let claims = AccessClaims {
+            iss: "tessera".into(),
+            sub: "u".into(),
+            aud: tessera_token::Audience::One("api".into()),
+            exp: t0.as_secs() + 300,
+            iat: t0.as_secs(),
+            nbf: t0.as_secs(),
+            jti: "j".into(),
+            client_id: "c".into(),
+            scope: "read".into(),
+            sid: "s".into(),
+            cnf: None,
+        };
+        let token = ring.sign(&claims, t0).unwrap();
+        let rules = VerifyRules {
+            issuer: "tessera".into(),
+            audience: None,
+            leeway: Duration::from_secs(5),
+            max_lifetime: Duration::from_secs(600),
+        };
+        assert_eq!(*ring.verify(&token, &rules, t0).unwrap(), claims);
+        assert_eq!(ring.verified.len(), 1);
+        assert_eq!(*ring.verify(&token, &rules, t0).unwrap(), claims);
+
+        // Audience and time are the rules', every time.
+        let elsewhere = VerifyRules {
+            audience: Some("other".into()),
+            ..rules.clone()
+        };
+        assert_eq!(
+            ring.verify(&token, &elsewhere, t0).unwrap_err(),
+            Rejected::WrongAudience
+        );
+        let later = t0.plus(Duration::from_secs(305));
+        assert_eq!(
+            ring.verify(&token, &rules, later).unwrap_err(),
+            Rejected::Expired
+        );
+        assert_eq!(ring.verified.len(), 0, "an expired token is forgotten");
+
+        // A token differing in one byte is not the remembered one.
+        ring.verify(&token, &rules, t0).unwrap();
+        let mut forged = token.clone().into_bytes();
+        let last = forged.len() - 1;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert!(ring.verify(&forged, &rules, t0).is_err());
+
+        // Once its key is dropped, a remembered token no longer verifies.
+        let at = t0.plus(Duration::from_secs(1));
+        add_key(store.as_ref(), ring.kek(), Algorithm::Es256, at, at)
+            .await
+            .unwrap();
+        ring.reload(
+            store.as_ref(),
+            at.plus(retention).plus(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            ring.verify(&token, &rules, t0).unwrap_err(),
+            Rejected::UnknownKey
+        );
     }
 }

@@ -108,7 +108,13 @@ impl Application {
             .await?,
         );
         let revocations = Arc::new(RevocationState::new(settings.revocation_stale_after));
+        let loading = tokio::time::Instant::now();
         revocations.sync(&*store, clock.now()).await?;
+        tracing::info!(
+            revocations = revocations.len(),
+            ms = loading.elapsed().as_millis(),
+            "loaded the revocation log"
+        );
 
         let clock_check = Arc::new(ClockCheck::new(settings.tokens.leeway));
         let follower = DatabaseFollower {

@@ -2,17 +2,11 @@
 //! memory (key ring and revocation state); refresh tokens, which are opaque,
 //! are looked up.
 
-use std::{collections::HashMap, sync::Arc};
-
-use parking_lot::Mutex;
 use tessera_token::{AccessClaims, INTROSPECT_SCOPE, REFRESH_TOKEN_PREFIX, Rejected};
 use tracing::instrument;
 
 use super::{AuthError, Authority, PASSWORD_GRANT_CLIENT_ID};
-use crate::model::{SecretHash, UnixTime};
-
-/// Bound on cached Introspect bearers (one per calling service instance, in practice).
-const MAX_CACHED_BEARERS: usize = 4096;
+use crate::model::SecretHash;
 
 /// Proof that an Introspect caller was authorized: [`Authority::introspect`]
 /// takes one, and only [`Authority::authorize_introspection`] makes one, so
@@ -73,56 +67,23 @@ pub enum Introspection {
     Active(TokenInfo),
 }
 
-impl From<AccessClaims> for TokenInfo {
-    fn from(c: AccessClaims) -> Self {
+impl From<&AccessClaims> for TokenInfo {
+    fn from(c: &AccessClaims) -> Self {
         Self {
             kind: TokenKind::Access,
             scopes: c.scopes().map(str::to_owned).collect(),
             aud: c.aud.to_vec(),
-            client_id: c.client_id,
+            client_id: c.client_id.clone(),
             username: None,
             exp: c.exp,
             iat: c.iat,
             nbf: c.nbf,
-            sub: c.sub,
-            iss: c.iss,
-            jti: Some(c.jti),
-            sid: c.sid,
-            cnf_x5t_s256: c.cnf.map(|cnf| cnf.x5t_s256),
+            sub: c.sub.clone(),
+            iss: c.iss.clone(),
+            jti: Some(c.jti.clone()),
+            sid: c.sid.clone(),
+            cnf_x5t_s256: c.cnf.as_ref().map(|cnf| cnf.x5t_s256.clone()),
         }
-    }
-}
-
-/// Claims of Introspect callers' bearer tokens whose signature was already
-/// checked: a microservice presents the same bearer on every call, and a
-/// signature check costs far more than the rest of the call.
-#[derive(Debug, Default)]
-pub(super) struct BearerCache(Mutex<HashMap<String, Arc<AccessClaims>>>);
-
-impl BearerCache {
-    /// The cached claims of `token`, unless it expired by `now` (with `leeway`).
-    fn get(
-        &self,
-        token: &str,
-        now: UnixTime,
-        leeway: std::time::Duration,
-    ) -> Option<Arc<AccessClaims>> {
-        let cache = self.0.lock();
-        let claims = cache.get(token)?;
-        (claims.exp > now.minus(leeway).as_secs()).then(|| Arc::clone(claims))
-    }
-
-    /// True when `token` is cached but has expired.
-    fn expired(&self, token: &str) -> bool {
-        self.0.lock().contains_key(token)
-    }
-
-    fn insert(&self, token: &str, claims: &Arc<AccessClaims>) {
-        let mut cache = self.0.lock();
-        if cache.len() >= MAX_CACHED_BEARERS {
-            cache.clear();
-        }
-        cache.insert(token.to_owned(), Arc::clone(claims));
     }
 }
 
@@ -139,21 +100,14 @@ impl Authority {
         }
         let token = bearer.ok_or(AuthError::MissingBearer)?;
         let now = self.clock.now();
-        let claims = match self.bearers.get(token, now, self.settings.leeway) {
-            Some(claims) => claims,
-            None if self.bearers.expired(token) => return Err(AuthError::ExpiredBearer),
-            None => {
-                let claims = match self.verify_with(token, &self.bearer_rules, now) {
-                    Ok(claims) => Arc::new(claims),
-                    Err(Rejected::WrongAudience) => return Err(AuthError::BearerNotForTessera),
-                    Err(Rejected::Expired) => return Err(AuthError::ExpiredBearer),
-                    Err(_) => return Err(AuthError::InvalidBearer),
-                };
-                self.bearers.insert(token, &claims);
-                claims
-            }
+        // The signature is checked once per token (the key ring remembers);
+        // revocation and scope on every call.
+        let claims = match self.verify_with(token, &self.bearer_rules, now) {
+            Ok(claims) => claims,
+            Err(Rejected::WrongAudience) => return Err(AuthError::BearerNotForTessera),
+            Err(Rejected::Expired) => return Err(AuthError::ExpiredBearer),
+            Err(_) => return Err(AuthError::InvalidBearer),
         };
-        // Revocation and scope are checked on every call, cached or not.
         if self.is_revoked(&claims) {
             return Err(AuthError::InvalidBearer);
         }
@@ -199,7 +153,9 @@ impl Authority {
             });
         }
         Ok(match self.verify_access_token(token, now) {
-            Some(claims) if !self.is_revoked(&claims) => Introspection::Active(claims.into()),
+            Some(claims) if !self.is_revoked(&claims) => {
+                Introspection::Active(claims.as_ref().into())
+            }
             _ => Introspection::Inactive,
         })
     }

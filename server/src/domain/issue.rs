@@ -28,16 +28,16 @@ impl Authority {
     /// refresh token; a client only an access token (RFC 6749 §4.4.3).
     #[instrument(skip_all, fields(grant))]
     pub(crate) async fn issue(&self, command: IssueCommand) -> Result<Tokens, AuthError> {
-        let grant = match command.credentials {
-            Credentials::Password { .. } => "password",
+        let (grant, hashes) = match command.credentials {
+            Credentials::Password { .. } => ("password", true),
             Credentials::ClientSecret { .. } | Credentials::ClientCertificate { .. } => {
-                "client_credentials"
+                ("client_credentials", false)
             }
         };
         tracing::Span::current().record("grant", grant);
         let account = command.credentials.account();
         let peer = command.peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let _admitted = self.throttle.admit(&account, peer).map_err(|refusal| {
+        let _admitted = self.throttle.admit(&account, peer, hashes).map_err(|refusal| {
             tracing::info!(target: "tessera::audit", event = "login_throttled", grant, account, %peer);
             match refusal {
                 Refusal::Delayed(wait) => AuthError::Throttled(wait),

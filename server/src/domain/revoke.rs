@@ -32,7 +32,7 @@ impl Authority {
         }
         let entry = Revocation {
             kind: RevocationKind::Token,
-            value: claims.jti,
+            value: claims.jti.clone(),
             at: now,
             expires_at: UnixTime::from_secs(claims.exp).plus(self.settings.leeway),
         };

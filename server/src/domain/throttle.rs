@@ -93,20 +93,22 @@ pub(crate) struct LoginThrottle {
     state: Mutex<State>,
 }
 
-/// A login admitted; its in-flight slot is given back when dropped.
+/// A login admitted; its in-flight slot, if it took one, is given back
+/// when dropped.
 #[derive(Debug)]
 pub(crate) struct Admitted<'a> {
     throttle: &'a LoginThrottle,
-    peer: IpAddr,
+    peer: Option<IpAddr>,
 }
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
+        let Some(peer) = self.peer else { return };
         let mut state = self.throttle.state.lock();
-        if let Some(n) = state.in_flight.get_mut(&self.peer) {
+        if let Some(n) = state.in_flight.get_mut(&peer) {
             *n -= 1;
             if *n == 0 {
-                state.in_flight.remove(&self.peer);
+                state.in_flight.remove(&peer);
             }
         }
     }
@@ -120,8 +122,16 @@ impl LoginThrottle {
         }
     }
 
-    /// Lets a login for `account` from `peer` go ahead, or says why not.
-    pub(crate) fn admit(&self, account: &str, peer: IpAddr) -> Result<Admitted<'_>, Refusal> {
+    /// Lets a login for `account` from `peer` go ahead, or says why not. A
+    /// login that `hashes` (a password: argon2 is what an address must not
+    /// monopolise) takes one of the address's in-flight slots; a client
+    /// secret is checked with one SHA-256 and takes none.
+    pub(crate) fn admit(
+        &self,
+        account: &str,
+        peer: IpAddr,
+        hashes: bool,
+    ) -> Result<Admitted<'_>, Refusal> {
         let now = Instant::now();
         let mut state = self.state.lock();
         let delayed = [
@@ -134,6 +144,12 @@ impl LoginThrottle {
         if let Some(wait) = delayed.into_iter().flatten().max() {
             return Err(Refusal::Delayed(wait));
         }
+        if !hashes {
+            return Ok(Admitted {
+                throttle: self,
+                peer: None,
+            });
+        }
         let in_flight = state.in_flight.entry(peer).or_default();
         if *in_flight >= self.settings.max_in_flight_per_peer {
             return Err(Refusal::Busy);
@@ -141,7 +157,7 @@ impl LoginThrottle {
         *in_flight += 1;
         Ok(Admitted {
             throttle: self,
-            peer,
+            peer: Some(peer),
         })
     }
 
@@ -211,7 +227,7 @@ mod tests {
     async fn guessing_one_account_from_one_address_is_delayed_exponentially() {
         let throttle = LoginThrottle::new(ThrottleSettings::default());
         for _ in 0..5 {
-            drop(throttle.admit("alice", addr(1)).unwrap());
+            drop(throttle.admit("alice", addr(1), true).unwrap());
             assert_eq!(throttle.failed("alice", addr(1)), None);
         }
         assert_eq!(
@@ -219,11 +235,11 @@ mod tests {
             Some(Duration::from_secs(1))
         );
         assert_eq!(
-            throttle.admit("alice", addr(1)).unwrap_err(),
+            throttle.admit("alice", addr(1), true).unwrap_err(),
             Refusal::Delayed(Duration::from_secs(1))
         );
         tokio::time::advance(Duration::from_secs(1)).await;
-        drop(throttle.admit("alice", addr(1)).unwrap());
+        drop(throttle.admit("alice", addr(1), true).unwrap());
         assert_eq!(
             throttle.failed("alice", addr(1)),
             Some(Duration::from_secs(2))
@@ -240,8 +256,8 @@ mod tests {
         for _ in 0..30 {
             throttle.failed("alice", addr(1));
         }
-        assert!(throttle.admit("alice", addr(1)).is_err());
-        assert!(throttle.admit("alice", addr(2)).is_ok());
+        assert!(throttle.admit("alice", addr(1), true).is_err());
+        assert!(throttle.admit("alice", addr(2), true).is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -252,10 +268,10 @@ mod tests {
         }
         assert!(throttle.failed("user50", addr(1)).is_some());
         assert!(matches!(
-            throttle.admit("someone-new", addr(1)),
+            throttle.admit("someone-new", addr(1), true),
             Err(Refusal::Delayed(_))
         ));
-        assert!(throttle.admit("someone-new", addr(2)).is_ok());
+        assert!(throttle.admit("someone-new", addr(2), true).is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -278,11 +294,16 @@ mod tests {
             max_in_flight_per_peer: 2,
             ..ThrottleSettings::default()
         });
-        let a = throttle.admit("alice", addr(1)).unwrap();
-        let _b = throttle.admit("bob", addr(1)).unwrap();
-        assert_eq!(throttle.admit("carol", addr(1)).unwrap_err(), Refusal::Busy);
-        assert!(throttle.admit("carol", addr(2)).is_ok());
+        let a = throttle.admit("alice", addr(1), true).unwrap();
+        let _b = throttle.admit("bob", addr(1), true).unwrap();
+        assert_eq!(
+            throttle.admit("carol", addr(1), true).unwrap_err(),
+            Refusal::Busy
+        );
+        assert!(throttle.admit("carol", addr(2), true).is_ok());
+        // A client secret costs no argon2 and takes no slot.
+        assert!(throttle.admit("client:ci", addr(1), false).is_ok());
         drop(a);
-        assert!(throttle.admit("carol", addr(1)).is_ok());
+        assert!(throttle.admit("carol", addr(1), true).is_ok());
     }
 }

@@ -1,0 +1,654 @@
+//! The load benchmark: real `tessera serve` processes (release build) on
+//! SQLite and PostgreSQL, driven closed-loop at a fixed concurrency over a
+//! few HTTP/2 connections, every figure printed as a ratio against a
+//! baseline measured in the same run (rounds interleaved, medians with the
+//! spread). Server CPU per call is read from `/proc/<pid>/stat`.
+//!
+//! Run it with `scripts/bench.sh` (it builds in release and starts a
+//! throwaway PostgreSQL); `scripts/bench.sh --only introspect,refresh`
+//! runs some sections; `--seconds` and `--rounds` change the windows.
+
+use std::{
+    future::Future,
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    pin::Pin,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use secrecy::{ExposeSecret, SecretString};
+use tessera::pb::{
+    ClientCredentialsGrant, GetJwksRequest, IntrospectRequest, IssueRequest, issue_request::Grant,
+    token_service_client::TokenServiceClient,
+};
+use tessera_server::{Kek, connect_store};
+use tessera_token::{AccessClaims, Audience, SigningKey};
+use tokio::time::Instant;
+use tonic::{Request, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+type Call = Arc<dyn Fn(Channel, u64) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// The run's shape, from the command line.
+struct Plan {
+    seconds: f64,
+    rounds: usize,
+    concurrency: usize,
+    connections: usize,
+    only: Vec<String>,
+}
+
+impl Plan {
+    fn wants(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+}
+
+// ---------------------------------------------------------------- servers
+
+/// A `tessera serve` child process and what it needs.
+struct Server {
+    child: Child,
+    addr: String,
+    _data: tempfile::TempDir,
+    url: String,
+    kek: String,
+    secret: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tessera_bin() -> PathBuf {
+    std::env::current_exe().unwrap().with_file_name("tessera")
+}
+
+fn tessera(data: &std::path::Path, url: &str, kek: &str) -> Command {
+    let mut command = Command::new(tessera_bin());
+    command
+        .env("TESSERA_DATA_DIR", data)
+        .env("TESSERA_DATABASE_URL", url)
+        .env("TESSERA_KEY_ENCRYPTION_KEY", kek)
+        .env("RUST_LOG", "warn,tessera_server::startup=info");
+    command
+}
+
+fn run(command: &mut Command, stdin: &str) -> String {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tessera");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A fresh database URL: a new PostgreSQL database, or a SQLite file.
+async fn database(postgres: Option<&str>, data: &std::path::Path) -> String {
+    match postgres {
+        None => format!("sqlite://{}?mode=rwc", data.join("tessera.db").display()),
+        Some(admin) => {
+            use sqlx::{Connection, Executor};
+            let name = format!(
+                "bench_{}",
+                tessera_server::random_id()
+                    .to_lowercase()
+                    .replace(['-', '_'], "")
+            );
+            let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
+            conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+                .await
+                .unwrap();
+            let base = admin.rsplit_once('/').unwrap().0;
+            format!("{base}/{name}")
+        }
+    }
+}
+
+impl Server {
+    /// A server on a fresh database with a client `bench` (allowed to
+    /// introspect) and a user `alice`; `env` sets more of its settings.
+    async fn start(postgres: Option<&str>, env: &[(&str, &str)]) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let url = database(postgres, data.path()).await;
+        let kek = Kek::generate_base64().expose_secret().to_owned();
+        let secret = run(
+            tessera(data.path(), &url, &kek).args([
+                "client",
+                "add",
+                "bench",
+                "--scope",
+                "tessera:introspect",
+                "--scope",
+                "read",
+            ]),
+            "",
+        )
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+        run(
+            tessera(data.path(), &url, &kek).args(["user", "add", "alice", "--scope", "read"]),
+            "correct horse battery\n",
+        );
+        Self::serve(data, url, kek, secret, env)
+    }
+
+    fn serve(
+        data: tempfile::TempDir,
+        url: String,
+        kek: String,
+        secret: String,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut command = tessera(data.path(), &url, &kek);
+        command.args(["serve", "--listen-addr", "127.0.0.1:0"]);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("serve exited").unwrap();
+            if let Some((_, rest)) = line.split_once("serving tessera.v1.TokenService addr=") {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Self {
+            child,
+            addr,
+            _data: data,
+            url,
+            kek,
+            secret,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    async fn channels(&self, n: usize) -> Vec<Channel> {
+        let mut channels = Vec::new();
+        for _ in 0..n {
+            channels.push(
+                Channel::from_shared(format!("http://{}", self.addr))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
+        }
+        channels
+    }
+
+    async fn client(&self) -> TokenServiceClient<Channel> {
+        TokenServiceClient::new(self.channels(1).await.remove(0))
+    }
+
+    async fn client_token(&self) -> String {
+        self.client()
+            .await
+            .issue(client_grant("bench", &self.secret))
+            .await
+            .unwrap()
+            .into_inner()
+            .access_token
+    }
+
+    /// The server's current signing key, opened as a replica opens it.
+    async fn signing_key(&self) -> SigningKey {
+        let store = connect_store(&self.url, 1, false).await.unwrap();
+        let stored = store.signing_keys().await.unwrap().pop().unwrap();
+        let kek = Kek::from_base64(&SecretString::from(self.kek.clone())).unwrap();
+        let pkcs8 = kek
+            .open(&stored.encrypted_private_key, &stored.kid)
+            .unwrap();
+        SigningKey::from_pkcs8(&stored.kid, stored.alg.parse().unwrap(), &pkcs8).unwrap()
+    }
+}
+
+fn client_grant(id: &str, secret: &str) -> IssueRequest {
+    IssueRequest {
+        grant: Some(Grant::ClientCredentials(ClientCredentialsGrant {
+            client_id: id.into(),
+            client_secret: secret.into(),
+        })),
+        scopes: Vec::new(),
+        audience: String::new(),
+    }
+}
+
+fn introspect(bearer: &str, token: &str) -> Request<IntrospectRequest> {
+    let mut request = Request::new(IntrospectRequest {
+        token: token.to_owned(),
+        token_type_hint: 0,
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {bearer}").parse().unwrap());
+    request
+}
+
+/// CPU seconds process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Resident memory of process `pid`, MiB.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+// ---------------------------------------------------------------- load
+
+/// One measured window.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    calls: u64,
+    errors: u64,
+    seconds: f64,
+    server_cpu: f64,
+    latencies_us: Vec<u32>,
+}
+
+impl Sample {
+    fn rps(&self) -> f64 {
+        self.calls as f64 / self.seconds
+    }
+    fn cpu_us_per_call(&self) -> f64 {
+        self.server_cpu * 1e6 / self.calls.max(1) as f64
+    }
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let mut v = self.latencies_us.clone();
+        v.sort_unstable();
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(v[i]) / 1000.0
+    }
+}
+
+/// Runs `call` closed-loop from `concurrency` tasks over `channels` for
+/// `seconds`, measuring `pid`'s CPU.
+async fn drive(
+    channels: &[Channel],
+    concurrency: usize,
+    seconds: f64,
+    pid: u32,
+    call: &Call,
+) -> Sample {
+    let counter = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let cpu_before = cpu_seconds(pid);
+    let started = Instant::now();
+    let stop = started + Duration::from_secs_f64(seconds);
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let channel = channels[t % channels.len()].clone();
+            let (call, counter, errors) =
+                (Arc::clone(call), Arc::clone(&counter), Arc::clone(&errors));
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(4096);
+                while Instant::now() < stop {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let at = Instant::now();
+                    if !call(channel.clone(), n).await {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    latencies.push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies_us = Vec::new();
+    for task in tasks {
+        latencies_us.extend(task.await.unwrap());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Sample {
+        calls: latencies_us.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        seconds,
+        server_cpu: cpu_seconds(pid) - cpu_before,
+        latencies_us,
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Per-round figures of one workload.
+#[derive(Default)]
+struct Series {
+    rps: Vec<f64>,
+    cpu: Vec<f64>,
+    p99: Vec<f64>,
+    errors: u64,
+}
+
+impl Series {
+    fn push(&mut self, s: &Sample) {
+        self.rps.push(s.rps());
+        self.cpu.push(s.cpu_us_per_call());
+        self.p99.push(s.percentile_ms(0.99));
+        self.errors += s.errors;
+    }
+    fn rps(&self) -> f64 {
+        median(&self.rps)
+    }
+    fn spread(v: &[f64]) -> String {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("[{lo:.0}..{hi:.0}]")
+    }
+}
+
+/// Interleaves `workloads` over `rounds`, rotating the order each round.
+async fn interleave(
+    plan: &Plan,
+    channels: &[Channel],
+    pid: u32,
+    workloads: &[(&str, Call)],
+) -> Vec<Series> {
+    let mut series: Vec<Series> = workloads.iter().map(|_| Series::default()).collect();
+    for round in 0..plan.rounds {
+        for k in 0..workloads.len() {
+            let i = (k + round) % workloads.len();
+            let sample = drive(
+                channels,
+                plan.concurrency,
+                plan.seconds,
+                pid,
+                &workloads[i].1,
+            )
+            .await;
+            series[i].push(&sample);
+        }
+    }
+    series
+}
+
+fn line(name: &str, s: &Series, baseline: Option<(&str, &Series)>) {
+    let ratio = baseline.map_or(String::new(), |(b, base)| {
+        let ratios: Vec<f64> = s.rps.iter().zip(&base.rps).map(|(a, b)| a / b).collect();
+        format!(
+            "  = {:.2}x {b} [{:.2}..{:.2}]",
+            median(&ratios),
+            ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+        )
+    });
+    println!(
+        "  {name:<44} {:>8.0} rps {:<16} cpu {:>6.1} us/call  p99 {:>6.2} ms{}{ratio}",
+        s.rps(),
+        Series::spread(&s.rps),
+        median(&s.cpu),
+        median(&s.p99),
+        if s.errors > 0 {
+            format!("  ({} errors)", s.errors)
+        } else {
+            String::new()
+        },
+    );
+}
+
+// ---------------------------------------------------------------- workloads
+
+fn health() -> Call {
+    Arc::new(|channel, _| {
+        Box::pin(async move {
+            HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
+                .is_ok()
+        })
+    })
+}
+
+fn introspect_cycled(bearer: String, tokens: Arc<Vec<String>>) -> Call {
+    Arc::new(move |channel, n| {
+        let request = introspect(&bearer, &tokens[usize::try_from(n).unwrap() % tokens.len()]);
+        Box::pin(async move {
+            TokenServiceClient::new(channel)
+                .introspect(request)
+                .await
+                .is_ok_and(|r| r.into_inner().active)
+        })
+    })
+}
+
+fn issue_client(secret: String) -> Call {
+    Arc::new(move |channel, _| {
+        let request = client_grant("bench", &secret);
+        Box::pin(async move {
+            TokenServiceClient::new(channel)
+                .issue(request)
+                .await
+                .is_ok()
+        })
+    })
+}
+
+/// Tokens signed with the server's own key, never seen by it.
+fn mint(key: &SigningKey, n: usize) -> Vec<String> {
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    (0..n)
+        .map(|i| {
+            key.sign(&AccessClaims {
+                iss: "tessera".into(),
+                sub: "bench".into(),
+                aud: Audience::One("tessera".into()),
+                exp: now + 600,
+                iat: now,
+                nbf: now,
+                jti: format!("bench-{i}-{}", tessera_server::random_id()),
+                client_id: "bench".into(),
+                scope: "read".into(),
+                sid: format!("s{i}"),
+                cnf: None,
+            })
+            .unwrap()
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- sections
+
+async fn section_introspect(plan: &Plan) {
+    println!(
+        "\n== Introspect and Issue (SQLite), c={} over {} connections",
+        plan.concurrency, plan.connections
+    );
+    let server = Server::start(None, &[]).await;
+    let channels = server.channels(plan.connections).await;
+    let bearer = server.client_token().await;
+    let mut cycled = Vec::new();
+    for _ in 0..1000 {
+        cycled.push(server.client_token().await);
+    }
+    let key = server.signing_key().await;
+    // Enough never-seen tokens for every round (about 30,000 a second at most).
+    let fresh = Arc::new(mint(&key, (plan.seconds * 40_000.0) as usize * plan.rounds));
+    let fresh_at = Arc::new(AtomicU64::new(0));
+    let introspect_new: Call = {
+        let (bearer, fresh, fresh_at) = (bearer.clone(), Arc::clone(&fresh), Arc::clone(&fresh_at));
+        Arc::new(move |channel, _| {
+            let i = usize::try_from(fresh_at.fetch_add(1, Ordering::Relaxed)).unwrap();
+            let request = introspect(&bearer, &fresh[i % fresh.len()]);
+            Box::pin(async move {
+                TokenServiceClient::new(channel)
+                    .introspect(request)
+                    .await
+                    .is_ok_and(|r| r.into_inner().active)
+            })
+        })
+    };
+    let series = interleave(
+        plan,
+        &channels,
+        server.pid(),
+        &[
+            ("health", health()),
+            (
+                "cycled",
+                introspect_cycled(bearer.clone(), Arc::new(cycled)),
+            ),
+            ("new", introspect_new),
+            ("issue", issue_client(server.secret.clone())),
+        ],
+    )
+    .await;
+    // One ES256 verification, in this process, for the CPU budget.
+    let verify_us = {
+        let token = &fresh[0];
+        let jwks = server
+            .client()
+            .await
+            .get_jwks(GetJwksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .jwks_json;
+        let set: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+        let key = tessera_token::VerifyingKey::from_jwk_json(&set["keys"][0].to_string()).unwrap();
+        let rules = tessera_token::VerifyRules {
+            issuer: "tessera".into(),
+            audience: None,
+            leeway: Duration::from_secs(5),
+            max_lifetime: Duration::from_secs(86_400),
+        };
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap();
+        let started = Instant::now();
+        for _ in 0..2000 {
+            tessera_token::parse(token)
+                .unwrap()
+                .verify(&key, &rules, now)
+                .unwrap();
+        }
+        started.elapsed().as_secs_f64() * 1e6 / 2000.0
+    };
+    let [health, cycled, new, issue] = <[Series; 4]>::try_from(series).ok().unwrap();
+    line("grpc.health.v1.Health/Check (baseline)", &health, None);
+    line(
+        "Introspect, 1,000 tokens cycled",
+        &cycled,
+        Some(("health", &health)),
+    );
+    line(
+        "Introspect, every token new",
+        &new,
+        Some(("health", &health)),
+    );
+    let budget = median(&health.cpu) + verify_us;
+    println!(
+        "  {:<44} server cpu {:.1} us/call = {:.2}x (one verification {verify_us:.1} us + one health check {:.1} us)",
+        "  every token new, cpu per call",
+        median(&new.cpu),
+        median(&new.cpu) / budget,
+        median(&health.cpu),
+    );
+    line(
+        "Issue, client credentials",
+        &issue,
+        Some(("health", &health)),
+    );
+    println!("  server RSS after: {:.0} MiB", rss_mib(server.pid()));
+}
+
+fn main() {
+    let plan = Plan {
+        seconds: arg("--seconds", "3").parse().unwrap(),
+        rounds: arg("--rounds", "3").parse().unwrap(),
+        concurrency: arg("--concurrency", "64").parse().unwrap(),
+        connections: arg("--connections", "4").parse().unwrap(),
+        only: arg("--only", "")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        println!(
+            "Tessera load benchmark: {} s windows, {} rounds interleaved, medians [min..max]",
+            plan.seconds, plan.rounds
+        );
+        if plan.wants("introspect") {
+            section_introspect(&plan).await;
+        }
+    });
+}
