@@ -326,7 +326,8 @@ pub struct Options {
     #[arg(long, env = "TESSERA_LOGIN_FAILURES_BEFORE_DELAY", default_value_t = defaults::LOGIN_FAILURES_BEFORE_DELAY, global = true)]
     pub login_failures_before_delay: u32,
 
-    /// Logins one address may have waiting or hashing at once.
+    /// Password logins one address may have hashing or queued for hashing
+    /// at once; more wait their turn (up to 16 times this), then are refused.
     #[arg(long, env = "TESSERA_LOGIN_MAX_IN_FLIGHT_PER_PEER", default_value_t = defaults::LOGIN_MAX_IN_FLIGHT_PER_PEER, global = true)]
     pub login_max_in_flight_per_peer: usize,
 

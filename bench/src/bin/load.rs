@@ -21,18 +21,29 @@ use std::{
     time::Duration,
 };
 
+use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
 use tessera::pb::{
-    ClientCredentialsGrant, GetJwksRequest, IntrospectRequest, IssueRequest, issue_request::Grant,
-    token_service_client::TokenServiceClient,
+    ClientCredentialsGrant, GetJwksRequest, IntrospectRequest, IssueRequest, PasswordGrant,
+    RefreshRequest, RevokeRequest, issue_request::Grant, token_service_client::TokenServiceClient,
 };
 use tessera_server::{Kek, connect_store};
 use tessera_token::{AccessClaims, Audience, SigningKey};
 use tokio::time::Instant;
-use tonic::{Request, transport::Channel};
+use tonic::{
+    Request,
+    metadata::{Ascii, MetadataValue},
+    transport::Channel,
+};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-type Call = Arc<dyn Fn(Channel, u64) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+/// One call of a workload: given a channel, the calling task's index and
+/// the call's sequence number, true when it succeeded.
+type Call =
+    Arc<dyn Fn(Channel, usize, u64) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// Alice's password.
+const PASSWORD: &str = "correct horse battery";
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
@@ -63,7 +74,7 @@ impl Plan {
 struct Server {
     child: Child,
     addr: String,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
     url: String,
     kek: String,
     secret: String,
@@ -159,9 +170,21 @@ impl Server {
         .to_owned();
         run(
             tessera(data.path(), &url, &kek).args(["user", "add", "alice", "--scope", "read"]),
-            "correct horse battery\n",
+            &format!("{PASSWORD}\n"),
         );
         Self::serve(data, url, kek, secret, env)
+    }
+
+    /// Another replica on the same database.
+    fn replica(&self) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        Self::serve(
+            data,
+            self.url.clone(),
+            self.kek.clone(),
+            self.secret.clone(),
+            &[],
+        )
     }
 
     fn serve(
@@ -182,8 +205,12 @@ impl Server {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut said = Vec::new();
         let addr = loop {
-            let line = lines.next().expect("serve exited").unwrap();
+            let Some(Ok(line)) = lines.next() else {
+                panic!("tessera serve exited:\n{}", said.join("\n"));
+            };
+            said.push(line.clone());
             if let Some((_, rest)) = line.split_once("serving tessera.v1.TokenService addr=") {
                 break rest.split_whitespace().next().unwrap().to_owned();
             }
@@ -192,11 +219,15 @@ impl Server {
         Self {
             child,
             addr,
-            _data: data,
+            data,
             url,
             kek,
             secret,
         }
+    }
+
+    fn data_dir(&self) -> &std::path::Path {
+        self.data.path()
     }
 
     fn pid(&self) -> u32 {
@@ -254,15 +285,39 @@ fn client_grant(id: &str, secret: &str) -> IssueRequest {
     }
 }
 
-fn introspect(bearer: &str, token: &str) -> Request<IntrospectRequest> {
+/// An `authorization` value, made once and cloned per call (as a client
+/// library holding its token does).
+fn authorization(bearer: &str) -> MetadataValue<Ascii> {
+    format!("Bearer {bearer}").parse().unwrap()
+}
+
+fn password_grant() -> IssueRequest {
+    IssueRequest {
+        grant: Some(Grant::Password(PasswordGrant {
+            username: "alice".into(),
+            password: PASSWORD.into(),
+        })),
+        scopes: Vec::new(),
+        audience: String::new(),
+    }
+}
+
+fn introspect(authorization: &MetadataValue<Ascii>, token: &str) -> Request<IntrospectRequest> {
     let mut request = Request::new(IntrospectRequest {
         token: token.to_owned(),
         token_type_hint: 0,
     });
     request
         .metadata_mut()
-        .insert("authorization", format!("Bearer {bearer}").parse().unwrap());
+        .insert("authorization", authorization.clone());
     request
+}
+
+async fn introspect_active(channel: Channel, request: Request<IntrospectRequest>) -> bool {
+    TokenServiceClient::new(channel)
+        .introspect(request)
+        .await
+        .is_ok_and(|r| r.into_inner().active)
 }
 
 /// CPU seconds process `pid` has used.
@@ -295,7 +350,8 @@ fn rss_mib(pid: u32) -> f64 {
 
 // ---------------------------------------------------------------- load
 
-/// One measured window.
+/// One measured window. Only successful calls count towards throughput;
+/// every call's latency is kept.
 #[derive(Debug, Clone, Default)]
 struct Sample {
     calls: u64,
@@ -347,7 +403,7 @@ async fn drive(
                 while Instant::now() < stop {
                     let n = counter.fetch_add(1, Ordering::Relaxed);
                     let at = Instant::now();
-                    if !call(channel.clone(), n).await {
+                    if !call(channel.clone(), t, n).await {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
                     latencies.push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
@@ -361,16 +417,21 @@ async fn drive(
         latencies_us.extend(task.await.unwrap());
     }
     let seconds = started.elapsed().as_secs_f64();
+    let errors = errors.load(Ordering::Relaxed);
     Sample {
-        calls: latencies_us.len() as u64,
-        errors: errors.load(Ordering::Relaxed),
+        calls: latencies_us.len() as u64 - errors,
+        errors,
         seconds,
         server_cpu: cpu_seconds(pid) - cpu_before,
         latencies_us,
     }
 }
 
+/// The median; NaN (printed as such) for a figure not measured.
 fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -381,6 +442,7 @@ fn median(v: &[f64]) -> f64 {
 struct Series {
     rps: Vec<f64>,
     cpu: Vec<f64>,
+    p50: Vec<f64>,
     p99: Vec<f64>,
     errors: u64,
 }
@@ -389,6 +451,7 @@ impl Series {
     fn push(&mut self, s: &Sample) {
         self.rps.push(s.rps());
         self.cpu.push(s.cpu_us_per_call());
+        self.p50.push(s.percentile_ms(0.5));
         self.p99.push(s.percentile_ms(0.99));
         self.errors += s.errors;
     }
@@ -454,7 +517,7 @@ fn line(name: &str, s: &Series, baseline: Option<(&str, &Series)>) {
 // ---------------------------------------------------------------- workloads
 
 fn health() -> Call {
-    Arc::new(|channel, _| {
+    Arc::new(|channel, _, _| {
         Box::pin(async move {
             HealthClient::new(channel)
                 .check(HealthCheckRequest::default())
@@ -464,26 +527,59 @@ fn health() -> Call {
     })
 }
 
-fn introspect_cycled(bearer: String, tokens: Arc<Vec<String>>) -> Call {
-    Arc::new(move |channel, n| {
-        let request = introspect(&bearer, &tokens[usize::try_from(n).unwrap() % tokens.len()]);
-        Box::pin(async move {
-            TokenServiceClient::new(channel)
-                .introspect(request)
-                .await
-                .is_ok_and(|r| r.into_inner().active)
-        })
+fn introspect_cycled(bearer: &str, tokens: Arc<Vec<String>>) -> Call {
+    let authorization = authorization(bearer);
+    Arc::new(move |channel, _, n| {
+        let token = &tokens[usize::try_from(n).unwrap() % tokens.len()];
+        Box::pin(introspect_active(
+            channel,
+            introspect(&authorization, token),
+        ))
     })
 }
 
 fn issue_client(secret: String) -> Call {
-    Arc::new(move |channel, _| {
+    Arc::new(move |channel, _, _| {
         let request = client_grant("bench", &secret);
         Box::pin(async move {
             TokenServiceClient::new(channel)
                 .issue(request)
                 .await
                 .is_ok()
+        })
+    })
+}
+
+fn issue_password() -> Call {
+    Arc::new(|channel, _, _| {
+        Box::pin(async move {
+            TokenServiceClient::new(channel)
+                .issue(password_grant())
+                .await
+                .is_ok()
+        })
+    })
+}
+
+/// Each task rotates its own session's refresh token.
+fn refresh(slots: Arc<Vec<Mutex<String>>>) -> Call {
+    Arc::new(move |channel, task, _| {
+        let slots = Arc::clone(&slots);
+        Box::pin(async move {
+            let token = slots[task].lock().clone();
+            match TokenServiceClient::new(channel)
+                .refresh(RefreshRequest {
+                    refresh_token: token,
+                    scopes: Vec::new(),
+                })
+                .await
+            {
+                Ok(answer) => {
+                    *slots[task].lock() = answer.into_inner().refresh_token;
+                    true
+                }
+                Err(_) => false,
+            }
         })
     })
 }
@@ -536,16 +632,15 @@ async fn section_introspect(plan: &Plan) {
     let fresh = Arc::new(mint(&key, (plan.seconds * 40_000.0) as usize * plan.rounds));
     let fresh_at = Arc::new(AtomicU64::new(0));
     let introspect_new: Call = {
-        let (bearer, fresh, fresh_at) = (bearer.clone(), Arc::clone(&fresh), Arc::clone(&fresh_at));
-        Arc::new(move |channel, _| {
+        let (authorization, fresh, fresh_at) = (
+            authorization(&bearer),
+            Arc::clone(&fresh),
+            Arc::clone(&fresh_at),
+        );
+        Arc::new(move |channel, _, _| {
             let i = usize::try_from(fresh_at.fetch_add(1, Ordering::Relaxed)).unwrap();
-            let request = introspect(&bearer, &fresh[i % fresh.len()]);
-            Box::pin(async move {
-                TokenServiceClient::new(channel)
-                    .introspect(request)
-                    .await
-                    .is_ok_and(|r| r.into_inner().active)
-            })
+            let request = introspect(&authorization, &fresh[i % fresh.len()]);
+            Box::pin(introspect_active(channel, request))
         })
     };
     let series = interleave(
@@ -554,10 +649,7 @@ async fn section_introspect(plan: &Plan) {
         server.pid(),
         &[
             ("health", health()),
-            (
-                "cycled",
-                introspect_cycled(bearer.clone(), Arc::new(cycled)),
-            ),
+            ("cycled", introspect_cycled(&bearer, Arc::new(cycled))),
             ("new", introspect_new),
             ("issue", issue_client(server.secret.clone())),
         ],
@@ -626,6 +718,449 @@ async fn section_introspect(plan: &Plan) {
     println!("  server RSS after: {:.0} MiB", rss_mib(server.pid()));
 }
 
+/// `n` password logins, one at a time: sessions whose refresh tokens the
+/// refresh workload rotates.
+async fn sessions(server: &Server, n: usize) -> Arc<Vec<Mutex<String>>> {
+    let mut client = server.client().await;
+    let mut slots = Vec::new();
+    for _ in 0..n {
+        let tokens = client.issue(password_grant()).await.unwrap().into_inner();
+        slots.push(Mutex::new(tokens.refresh_token));
+    }
+    Arc::new(slots)
+}
+
+/// pgbench's single-row UPDATE at `concurrency` for `seconds`: tps.
+fn pgbench(url: &str, script: &std::path::Path, concurrency: usize, seconds: f64) -> f64 {
+    let out = Command::new("pgbench")
+        .args(["-n", "-j", "2", "-c", &concurrency.to_string()])
+        .args(["-T", &format!("{}", seconds.ceil() as u64)])
+        .arg("-f")
+        .arg(script)
+        .arg(url)
+        .output()
+        .expect("pgbench (apt-get install postgresql-contrib or postgresql-client) is needed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "pgbench said: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+async fn section_writes(plan: &Plan, postgres: Option<&str>) {
+    println!(
+        "\n== Issue and Refresh, c={} over {} connections",
+        plan.concurrency, plan.connections
+    );
+    if let Some(postgres) = postgres {
+        refresh_postgres(plan, postgres).await;
+    }
+    // SQLite: Refresh latency at the same concurrency.
+    let server = Server::start(None, &[]).await;
+    let channels = server.channels(plan.connections).await;
+    let slots = sessions(&server, plan.concurrency).await;
+    let series = interleave(
+        plan,
+        &channels,
+        server.pid(),
+        &[("refresh", refresh(slots))],
+    )
+    .await;
+    line("Refresh, SQLite", &series[0], None);
+    println!(
+        "  {:<44} p50 {:.2} ms  p99 {:.2} ms (target: p99 < 20 ms)",
+        "  Refresh, SQLite latency",
+        median(&series[0].p50),
+        median(&series[0].p99)
+    );
+    println!("  server RSS after: {:.0} MiB", rss_mib(server.pid()));
+}
+
+/// PostgreSQL: Refresh against pgbench's single-row UPDATE on the same
+/// cluster, at the same concurrency.
+async fn refresh_postgres(plan: &Plan, postgres: &str) {
+    let server = Server::start(Some(postgres), &[]).await;
+    let channels = server.channels(plan.connections).await;
+    let slots = sessions(&server, plan.concurrency).await;
+    let url = server.url.clone();
+    {
+        use sqlx::{Connection, Executor};
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        conn.execute(
+            "CREATE TABLE bench_rows (id int PRIMARY KEY, n bigint NOT NULL); \
+             INSERT INTO bench_rows SELECT g, 0 FROM generate_series(1, 10000) g",
+        )
+        .await
+        .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("update.sql");
+    std::fs::write(
+        &script,
+        "\\set id random(1, 10000)\nUPDATE bench_rows SET n = n + 1 WHERE id = :id;\n",
+    )
+    .unwrap();
+    let (mut pg_tps, mut refresh_pg, mut issue_pg) =
+        (Vec::new(), Series::default(), Series::default());
+    for round in 0..plan.rounds {
+        for k in 0..3 {
+            match (k + round) % 3 {
+                0 => pg_tps.push(pgbench(&url, &script, plan.concurrency, plan.seconds)),
+                1 => refresh_pg.push(
+                    &drive(
+                        &channels,
+                        plan.concurrency,
+                        plan.seconds,
+                        server.pid(),
+                        &refresh(Arc::clone(&slots)),
+                    )
+                    .await,
+                ),
+                _ => issue_pg.push(
+                    &drive(
+                        &channels,
+                        plan.concurrency,
+                        plan.seconds,
+                        server.pid(),
+                        &issue_client(server.secret.clone()),
+                    )
+                    .await,
+                ),
+            }
+        }
+    }
+    let pgbench_series = Series {
+        rps: pg_tps,
+        ..Series::default()
+    };
+    line(
+        "pgbench single-row UPDATE (baseline)",
+        &pgbench_series,
+        None,
+    );
+    line(
+        "Refresh, PostgreSQL",
+        &refresh_pg,
+        Some(("pgbench", &pgbench_series)),
+    );
+    line("Issue, client credentials, PostgreSQL", &issue_pg, None);
+    println!(
+        "  server RSS after Issue and Refresh load: {:.0} MiB",
+        rss_mib(server.pid())
+    );
+}
+
+/// Argon2 verifications per second on `threads` threads, in this process,
+/// with the parameters of `hash` (a PHC string).
+fn raw_argon2(hash: &str, threads: usize, seconds: f64) -> f64 {
+    use argon2::{PasswordHash, PasswordVerifier};
+    let stop = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let done: u64 = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let parsed = PasswordHash::new(hash).unwrap();
+                    let mut n = 0u64;
+                    while Instant::now() < stop {
+                        argon2::Argon2::default()
+                            .verify_password(PASSWORD.as_bytes(), &parsed)
+                            .unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn section_password(plan: &Plan) {
+    let workers = std::thread::available_parallelism().map_or(1, |n| (usize::from(n) / 2).max(1));
+    println!(
+        "\n== Password Issue (SQLite), c={} from one address, {workers} hashing worker(s) (the default)",
+        plan.concurrency
+    );
+    let server = Server::start(None, &[]).await;
+    let channels = server.channels(plan.connections).await;
+    let probe_channel = server.channels(1).await;
+    let bearer = server.client_token().await;
+    let token = server.client_token().await;
+    let hash: String = {
+        use sqlx::Connection;
+        let url = format!(
+            "sqlite://{}",
+            server.data_dir().join("tessera.db").display()
+        );
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query_scalar("SELECT password_hash FROM users WHERE username = 'alice'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    let probe = introspect_cycled(&bearer, Arc::new(vec![token]));
+    let logins = issue_password();
+    let (mut raw, mut storm, mut quiet, mut during) = (
+        Vec::new(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+    );
+    for round in 0..plan.rounds {
+        for k in 0..3 {
+            match (k + round) % 3 {
+                0 => raw.push(raw_argon2(&hash, workers, plan.seconds)),
+                1 => {
+                    quiet.push(&drive(&probe_channel, 4, plan.seconds, server.pid(), &probe).await);
+                }
+                _ => {
+                    let (logins, probed) = tokio::join!(
+                        drive(
+                            &channels,
+                            plan.concurrency,
+                            plan.seconds,
+                            server.pid(),
+                            &logins
+                        ),
+                        drive(&probe_channel, 4, plan.seconds, server.pid(), &probe),
+                    );
+                    storm.push(&logins);
+                    during.push(&probed);
+                }
+            }
+        }
+    }
+    let raw = Series {
+        rps: raw,
+        ..Series::default()
+    };
+    line(
+        "raw argon2 verifications, in-process (baseline)",
+        &raw,
+        None,
+    );
+    line("Issue, password", &storm, Some(("raw argon2", &raw)));
+    line("Introspect c=4, quiet", &quiet, None);
+    line("Introspect c=4, during the login storm", &during, None);
+    println!(
+        "  {:<44} p99 {:.2} ms vs {:.2} ms quiet = {:.2}x (target <= 2x)",
+        "  Introspect p99 during the storm",
+        median(&during.p99),
+        median(&quiet.p99),
+        median(&during.p99) / median(&quiet.p99)
+    );
+    println!(
+        "  server RSS after the storms: {:.0} MiB (bound: 64 MiB + {workers} x 19 MiB)",
+        rss_mib(server.pid())
+    );
+}
+
+/// Appends `n` token revocations straight to the log (as `tessera` would,
+/// from other replicas), expiring in an hour.
+async fn revoke_in_bulk(url: &str, n: usize, tag: &str) {
+    use sqlx::{Connection, Executor};
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    conn.execute(
+        format!(
+            "INSERT INTO revocation_log (kind, value, at, expires_at) \
+             SELECT 'jti', '{tag}-' || g, extract(epoch from now())::bigint, \
+                    extract(epoch from now())::bigint + 3600 \
+             FROM generate_series(1, {n}) g"
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
+}
+
+async fn section_revocation(plan: &Plan, postgres: &str) {
+    println!("\n== Revocation and memory (PostgreSQL, two replicas)");
+    let a = Server::start(Some(postgres), &[]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!(
+        "  {:<44} {:.0} MiB (target < 64 MiB)",
+        "replica RSS, idle",
+        rss_mib(a.pid())
+    );
+    let key = a.signing_key().await;
+    let bearer = a.client_token().await;
+    let authorization = authorization(&bearer);
+
+    // A revocation made on A, in force on B.
+    let b = a.replica();
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    let victims = mint(&key, 200);
+    let mut lags = Vec::new();
+    for token in &victims {
+        assert!(
+            on_b.introspect(introspect(&authorization, token))
+                .await
+                .unwrap()
+                .into_inner()
+                .active
+        );
+        on_a.revoke(RevokeRequest {
+            token: token.clone(),
+            token_type_hint: 0,
+        })
+        .await
+        .unwrap();
+        let revoked = Instant::now();
+        while on_b
+            .introspect(introspect(&authorization, token))
+            .await
+            .unwrap()
+            .into_inner()
+            .active
+        {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        lags.push(revoked.elapsed().as_secs_f64() * 1000.0);
+    }
+    lags.sort_by(f64::total_cmp);
+    println!(
+        "  {:<44} p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over {} (target p99 <= 100 ms)",
+        "revoked on A, inactive on B",
+        lags[lags.len() / 2],
+        lags[lags.len() * 99 / 100],
+        lags[lags.len() - 1],
+        lags.len()
+    );
+
+    // Introspect on B while A revokes 50 tokens a second.
+    let channels = b.channels(plan.connections).await;
+    let cycled: Vec<String> = mint(&key, 1000);
+    let workload = introspect_cycled(&bearer, Arc::new(cycled));
+    let to_revoke = Arc::new(mint(&key, (plan.seconds as usize + 1) * 50 * plan.rounds));
+    let (mut quiet, mut busy) = (Series::default(), Series::default());
+    let mut next = 0;
+    for round in 0..plan.rounds {
+        for k in 0..2 {
+            if (k + round) % 2 == 0 {
+                quiet.push(
+                    &drive(
+                        &channels,
+                        plan.concurrency,
+                        plan.seconds,
+                        b.pid(),
+                        &workload,
+                    )
+                    .await,
+                );
+            } else {
+                let revoker = {
+                    let (to_revoke, mut on_a, from) = (Arc::clone(&to_revoke), on_a.clone(), next);
+                    tokio::spawn(async move {
+                        let mut tick = tokio::time::interval(Duration::from_millis(20));
+                        for token in &to_revoke[from..] {
+                            tick.tick().await;
+                            let _ = on_a
+                                .revoke(RevokeRequest {
+                                    token: token.clone(),
+                                    token_type_hint: 0,
+                                })
+                                .await;
+                        }
+                    })
+                };
+                busy.push(
+                    &drive(
+                        &channels,
+                        plan.concurrency,
+                        plan.seconds,
+                        b.pid(),
+                        &workload,
+                    )
+                    .await,
+                );
+                revoker.abort();
+                next += (plan.seconds as usize + 1) * 50;
+            }
+        }
+    }
+    line("Introspect on B, quiet", &quiet, None);
+    line(
+        "Introspect on B, 50 revocations/s arriving",
+        &busy,
+        Some(("quiet", &quiet)),
+    );
+    println!(
+        "  {:<44} p99 {:.2} ms vs {:.2} ms quiet",
+        "",
+        median(&busy.p99),
+        median(&quiet.p99)
+    );
+    drop(b);
+
+    // A million live revocations: a new replica's start, memory, and how
+    // fast it follows more.
+    revoke_in_bulk(&a.url, 1_000_000, "million").await;
+    let started = Instant::now();
+    let c = a.replica();
+    let ready = started.elapsed();
+    println!(
+        "  {:<44} ready in {:.2} s, RSS {:.0} MiB (targets < 3 s, < 256 MiB)",
+        "replica starting with 1M revocations",
+        ready.as_secs_f64(),
+        rss_mib(c.pid())
+    );
+    let channels = c.channels(plan.connections).await;
+    let mut on_c = c.client().await;
+    // A burst of 100k while Introspect runs at c=4 on C.
+    let probe = introspect_cycled(&bearer, Arc::new(mint(&key, 100)));
+    let probe_channel = c.channels(1).await;
+    let quiet = drive(&probe_channel, 4, plan.seconds, c.pid(), &probe).await;
+    let marker = mint(&key, 1).remove(0);
+    let (during, followed) = tokio::join!(
+        drive(&probe_channel, 4, plan.seconds, c.pid(), &probe),
+        async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let began = Instant::now();
+            revoke_in_bulk(&a.url, 100_000, "burst").await;
+            on_a.revoke(RevokeRequest {
+                token: marker.clone(),
+                token_type_hint: 0,
+            })
+            .await
+            .unwrap();
+            while on_c
+                .introspect(introspect(&authorization, &marker))
+                .await
+                .unwrap()
+                .into_inner()
+                .active
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            began.elapsed()
+        }
+    );
+    println!(
+        "  {:<44} 100,001 in {:.2} s = {:.0}/s (target >= 2,000/s); RSS {:.0} MiB",
+        "replica C following a burst, 1M held",
+        followed.as_secs_f64(),
+        100_001.0 / followed.as_secs_f64(),
+        rss_mib(c.pid())
+    );
+    println!(
+        "  {:<44} p99 {:.2} ms vs {:.2} ms quiet = {:.2}x (target <= 2x)",
+        "Introspect c=4 on C during the burst",
+        during.percentile_ms(0.99),
+        quiet.percentile_ms(0.99),
+        during.percentile_ms(0.99) / quiet.percentile_ms(0.99)
+    );
+    drop(channels);
+}
+
 fn main() {
     let plan = Plan {
         seconds: arg("--seconds", "3").parse().unwrap(),
@@ -649,6 +1184,24 @@ fn main() {
         );
         if plan.wants("introspect") {
             section_introspect(&plan).await;
+        }
+        if plan.wants("password") {
+            section_password(&plan).await;
+        }
+        let postgres = std::env::var("TESSERA_BENCH_DATABASE_URL").ok();
+        if plan.wants("writes") {
+            section_writes(&plan, postgres.as_deref()).await;
+        }
+        match postgres.as_deref() {
+            Some(postgres) => {
+                if plan.wants("revocation") {
+                    section_revocation(&plan, postgres).await;
+                }
+            }
+            None => println!(
+                "\n(TESSERA_BENCH_DATABASE_URL is not set: the PostgreSQL sections were skipped; \
+                 scripts/bench.sh starts a cluster)"
+            ),
         }
     });
 }

@@ -37,7 +37,7 @@ impl Authority {
         tracing::Span::current().record("grant", grant);
         let account = command.credentials.account();
         let peer = command.peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let _admitted = self.throttle.admit(&account, peer, hashes).map_err(|refusal| {
+        let _admitted = self.throttle.admit(&account, peer, hashes).await.map_err(|refusal| {
             tracing::info!(target: "tessera::audit", event = "login_throttled", grant, account, %peer);
             match refusal {
                 Refusal::Delayed(wait) => AuthError::Throttled(wait),

@@ -4,13 +4,18 @@
 //! each further one doubles a delay during which that pair (or peer) is
 //! answered at once, without hashing. The real user, coming from another
 //! address, is never delayed by an attack on their account; one address
-//! cannot keep more than a few logins in flight, so it cannot fill the
-//! hashing queue either.
+//! cannot have more than a few logins hashing or queued for hashing (the
+//! rest wait their turn in a line of their own, so a busy client is served
+//! in order rather than refused, and is judged again when its turn comes),
+//! so it cannot fill the hashing queue either.
 
-use std::{collections::HashMap, net::IpAddr, time::Duration};
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
 use parking_lot::Mutex;
-use tokio::time::Instant;
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 
 /// Throttling thresholds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +26,8 @@ pub struct ThrottleSettings {
     pub peer_failures_before_delay: u32,
     /// The longest delay.
     pub max_delay: Duration,
-    /// Logins one address may have waiting or hashing at once.
+    /// Password logins one address may have hashing or queued for hashing
+    /// at once; more wait their turn behind them (up to 16 times this).
     pub max_in_flight_per_peer: usize,
 }
 
@@ -35,6 +41,11 @@ impl Default for ThrottleSettings {
         }
     }
 }
+
+/// Logins one address may have waiting for one of its in-flight slots,
+/// times [`ThrottleSettings::max_in_flight_per_peer`]; past that it is
+/// refused as busy.
+const WAITING_PER_SLOT: usize = 16;
 
 /// Records kept per map before quiet ones are forgotten early.
 const MAX_TRACKED: usize = 100_000;
@@ -83,7 +94,8 @@ impl Failures {
 struct State {
     accounts: HashMap<(String, IpAddr), Failures>,
     peers: HashMap<IpAddr, Failures>,
-    in_flight: HashMap<IpAddr, usize>,
+    /// Per address: permits for logins hashing or queued for hashing.
+    in_flight: HashMap<IpAddr, Arc<Semaphore>>,
 }
 
 /// The throttle shared by every login on this replica.
@@ -98,18 +110,24 @@ pub(crate) struct LoginThrottle {
 #[derive(Debug)]
 pub(crate) struct Admitted<'a> {
     throttle: &'a LoginThrottle,
-    peer: Option<IpAddr>,
+    slot: Option<(IpAddr, OwnedSemaphorePermit)>,
 }
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        let Some(peer) = self.peer else { return };
+        let Some((peer, permit)) = self.slot.take() else {
+            return;
+        };
+        drop(permit);
         let mut state = self.throttle.state.lock();
-        if let Some(n) = state.in_flight.get_mut(&peer) {
-            *n -= 1;
-            if *n == 0 {
-                state.in_flight.remove(&peer);
-            }
+        // Forget the address's line once nobody holds or waits on it (each
+        // holder and waiter keeps a reference; the map keeps one).
+        if state
+            .in_flight
+            .get(&peer)
+            .is_some_and(|line| Arc::strong_count(line) == 1)
+        {
+            state.in_flight.remove(&peer);
         }
     }
 }
@@ -124,16 +142,52 @@ impl LoginThrottle {
 
     /// Lets a login for `account` from `peer` go ahead, or says why not. A
     /// login that `hashes` (a password: argon2 is what an address must not
-    /// monopolise) takes one of the address's in-flight slots; a client
-    /// secret is checked with one SHA-256 and takes none.
-    pub(crate) fn admit(
+    /// monopolise) first waits for one of the address's in-flight slots,
+    /// and is judged again when it gets one; a client secret is checked
+    /// with one SHA-256 and takes none.
+    pub(crate) async fn admit(
         &self,
         account: &str,
         peer: IpAddr,
         hashes: bool,
     ) -> Result<Admitted<'_>, Refusal> {
+        self.check_delays(account, peer)?;
+        if !hashes {
+            return Ok(Admitted {
+                throttle: self,
+                slot: None,
+            });
+        }
+        let per_peer = self.settings.max_in_flight_per_peer;
+        let line = {
+            let mut state = self.state.lock();
+            let line = state
+                .in_flight
+                .entry(peer)
+                .or_insert_with(|| Arc::new(Semaphore::new(per_peer)));
+            // Holders and waiters each hold a reference; the map one more.
+            if Arc::strong_count(line) > per_peer * (1 + WAITING_PER_SLOT) {
+                return Err(Refusal::Busy);
+            }
+            Arc::clone(line)
+        };
+        let permit = line
+            .acquire_owned()
+            .await
+            .expect("an address's semaphore is never closed");
+        let admitted = Admitted {
+            throttle: self,
+            slot: Some((peer, permit)),
+        };
+        // Failures may have piled up while this login waited.
+        self.check_delays(account, peer)?;
+        Ok(admitted)
+    }
+
+    /// Refuses while `peer`, or `account` from `peer`, is delayed.
+    fn check_delays(&self, account: &str, peer: IpAddr) -> Result<(), Refusal> {
         let now = Instant::now();
-        let mut state = self.state.lock();
+        let state = self.state.lock();
         let delayed = [
             state.peers.get(&peer).and_then(|f| f.blocked(now)),
             state
@@ -141,24 +195,10 @@ impl LoginThrottle {
                 .get(&(account.to_owned(), peer))
                 .and_then(|f| f.blocked(now)),
         ];
-        if let Some(wait) = delayed.into_iter().flatten().max() {
-            return Err(Refusal::Delayed(wait));
+        match delayed.into_iter().flatten().max() {
+            Some(wait) => Err(Refusal::Delayed(wait)),
+            None => Ok(()),
         }
-        if !hashes {
-            return Ok(Admitted {
-                throttle: self,
-                peer: None,
-            });
-        }
-        let in_flight = state.in_flight.entry(peer).or_default();
-        if *in_flight >= self.settings.max_in_flight_per_peer {
-            return Err(Refusal::Busy);
-        }
-        *in_flight += 1;
-        Ok(Admitted {
-            throttle: self,
-            peer: Some(peer),
-        })
     }
 
     /// Counts a failed login; returns the delay it started, if any.
@@ -212,6 +252,10 @@ impl State {
         if self.peers.len() >= MAX_TRACKED {
             self.peers.retain(|_, f| f.blocked(now).is_some());
         }
+        // Lines left behind by logins cancelled while waiting.
+        if self.in_flight.len() >= MAX_TRACKED {
+            self.in_flight.retain(|_, line| Arc::strong_count(line) > 1);
+        }
     }
 }
 
@@ -227,7 +271,7 @@ mod tests {
     async fn guessing_one_account_from_one_address_is_delayed_exponentially() {
         let throttle = LoginThrottle::new(ThrottleSettings::default());
         for _ in 0..5 {
-            drop(throttle.admit("alice", addr(1), true).unwrap());
+            drop(throttle.admit("alice", addr(1), true).await.unwrap());
             assert_eq!(throttle.failed("alice", addr(1)), None);
         }
         assert_eq!(
@@ -235,11 +279,11 @@ mod tests {
             Some(Duration::from_secs(1))
         );
         assert_eq!(
-            throttle.admit("alice", addr(1), true).unwrap_err(),
+            throttle.admit("alice", addr(1), true).await.unwrap_err(),
             Refusal::Delayed(Duration::from_secs(1))
         );
         tokio::time::advance(Duration::from_secs(1)).await;
-        drop(throttle.admit("alice", addr(1), true).unwrap());
+        drop(throttle.admit("alice", addr(1), true).await.unwrap());
         assert_eq!(
             throttle.failed("alice", addr(1)),
             Some(Duration::from_secs(2))
@@ -256,8 +300,8 @@ mod tests {
         for _ in 0..30 {
             throttle.failed("alice", addr(1));
         }
-        assert!(throttle.admit("alice", addr(1), true).is_err());
-        assert!(throttle.admit("alice", addr(2), true).is_ok());
+        assert!(throttle.admit("alice", addr(1), true).await.is_err());
+        assert!(throttle.admit("alice", addr(2), true).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -268,10 +312,10 @@ mod tests {
         }
         assert!(throttle.failed("user50", addr(1)).is_some());
         assert!(matches!(
-            throttle.admit("someone-new", addr(1), true),
+            throttle.admit("someone-new", addr(1), true).await,
             Err(Refusal::Delayed(_))
         ));
-        assert!(throttle.admit("someone-new", addr(2), true).is_ok());
+        assert!(throttle.admit("someone-new", addr(2), true).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -288,22 +332,74 @@ mod tests {
         assert_eq!(throttle.failed("alice", addr(1)), None);
     }
 
-    #[test]
-    fn one_address_cannot_keep_more_than_its_share_in_flight() {
+    #[tokio::test(start_paused = true)]
+    async fn one_address_waits_its_turn_beyond_its_share_and_is_judged_again() {
         let throttle = LoginThrottle::new(ThrottleSettings {
             max_in_flight_per_peer: 2,
             ..ThrottleSettings::default()
         });
-        let a = throttle.admit("alice", addr(1), true).unwrap();
-        let _b = throttle.admit("bob", addr(1), true).unwrap();
+        let a = throttle.admit("alice", addr(1), true).await.unwrap();
+        let _b = throttle.admit("bob", addr(1), true).await.unwrap();
+        // A third from the same address waits; another address does not.
+        let third = tokio::time::timeout(
+            Duration::from_secs(1),
+            throttle.admit("carol", addr(1), true),
+        )
+        .await;
+        assert!(third.is_err(), "a third login from one address went ahead");
+        assert!(throttle.admit("carol", addr(2), true).await.is_ok());
+        // A client secret costs no argon2 and takes no slot.
+        assert!(throttle.admit("client:ci", addr(1), false).await.is_ok());
+        drop(a);
+        assert!(throttle.admit("carol", addr(1), true).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_login_is_refused_when_its_address_was_delayed_meanwhile() {
+        let throttle = LoginThrottle::new(ThrottleSettings {
+            max_in_flight_per_peer: 1,
+            ..ThrottleSettings::default()
+        });
+        let first = throttle.admit("alice", addr(1), true).await.unwrap();
+        let waiting = throttle.admit("alice", addr(1), true);
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), &mut waiting)
+                .await
+                .is_err()
+        );
+        for _ in 0..6 {
+            throttle.failed("alice", addr(1));
+        }
+        drop(first);
+        assert!(matches!(waiting.await, Err(Refusal::Delayed(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_with_too_many_waiting_is_refused_as_busy() {
+        let throttle = LoginThrottle::new(ThrottleSettings {
+            max_in_flight_per_peer: 1,
+            ..ThrottleSettings::default()
+        });
+        let _held = throttle.admit("alice", addr(1), true).await.unwrap();
+        let waiting: Vec<_> = (0..WAITING_PER_SLOT)
+            .map(|_| {
+                let throttle = &throttle;
+                Box::pin(async move { throttle.admit("alice", addr(1), true).await.map(drop) })
+            })
+            .collect();
+        let mut waiting = waiting;
+        for w in &mut waiting {
+            assert!(
+                tokio::time::timeout(Duration::from_millis(1), w)
+                    .await
+                    .is_err()
+            );
+        }
         assert_eq!(
-            throttle.admit("carol", addr(1), true).unwrap_err(),
+            throttle.admit("alice", addr(1), true).await.unwrap_err(),
             Refusal::Busy
         );
-        assert!(throttle.admit("carol", addr(2), true).is_ok());
-        // A client secret costs no argon2 and takes no slot.
-        assert!(throttle.admit("client:ci", addr(1), false).is_ok());
-        drop(a);
-        assert!(throttle.admit("carol", addr(1), true).is_ok());
+        assert!(throttle.admit("alice", addr(2), true).await.is_ok());
     }
 }

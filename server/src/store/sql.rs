@@ -12,7 +12,7 @@ use sqlx::{Acquire, AnyConnection, AnyPool, FromRow};
 use super::{
     Backend, ChangeFeed, ClientCredential, ClientRecord, Exchange, ExchangeRequest,
     NewRefreshToken, NewSession, Pruned, RefreshTokenRecord, Store, StoreError, StoredKey,
-    UserRecord, postgres, sqlite,
+    UserRecord, group_commit::GroupCommit, postgres, sqlite,
 };
 use crate::model::{
     Audience, ClientId, InvalidInput, Presentation, RefreshTokenState, Revocation, RevocationKind,
@@ -31,6 +31,8 @@ fn now_ms_sql(backend: Backend) -> &'static str {
 pub(super) struct SqlStore {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite's writes share transactions (see `group_commit`).
+    group: Option<GroupCommit>,
     /// Kept for the PostgreSQL LISTEN connection, which is not pooled.
     url: SecretString,
 }
@@ -39,6 +41,7 @@ impl SqlStore {
     pub(super) fn new(pool: AnyPool, backend: Backend, url: &str) -> Self {
         Self {
             pool,
+            group: (backend == Backend::Sqlite).then(GroupCommit::new),
             backend,
             url: SecretString::from(url),
         }
@@ -54,6 +57,9 @@ impl SqlStore {
         &self,
         work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        if let Some(group) = &self.group {
+            return group.write(&self.pool, work).await;
+        }
         let mut conn = self.pool.acquire().await?;
         let result = async {
             let mut tx = conn.begin().await?;
@@ -66,6 +72,46 @@ impl SqlStore {
             conn.close_on_drop();
         }
         result
+    }
+
+    /// PostgreSQL's common case in one statement (one round trip, its own
+    /// transaction): an active, unexpired token of a live session and an
+    /// enabled user, whose scopes cover those requested, is spent and its
+    /// successor stored. `None` when it is not that case: the caller then
+    /// runs the full exchange, which judges replays, theft and refusals
+    /// (a concurrent exchange of the same token waits on the row lock here,
+    /// then finds it spent and is left to the full exchange too).
+    async fn rotate_in_one_statement(
+        &self,
+        request: &ExchangeRequest<'_>,
+    ) -> Result<Option<RefreshTokenRecord>, StoreError> {
+        let sql = format!(
+            "WITH cur AS ( \
+                 SELECT t.hash AS presented, {REFRESH_TOKEN_COLUMNS} {REFRESH_TOKEN_FROM} \
+                 AND t.spent_at_ms IS NULL AND t.superseded_at IS NULL AND t.expires_at > $2 \
+                 AND s.revoked_at IS NULL AND u.disabled_at IS NULL \
+                 AND string_to_array(t.scopes, ' ') @> string_to_array($3, ' ') \
+                 FOR UPDATE OF t \
+             ), spent AS ( \
+                 UPDATE refresh_tokens r SET spent_at_ms = {now_ms}, successor = $4 \
+                 FROM cur WHERE r.hash = cur.presented RETURNING r.sid, r.scopes \
+             ), born AS ( \
+                 INSERT INTO refresh_tokens (hash, sid, scopes, issued_at, expires_at) \
+                 SELECT $4, sid, scopes, $5, $6 FROM spent RETURNING hash \
+             ) \
+             SELECT cur.* FROM cur JOIN born ON true",
+            now_ms = now_ms_sql(self.backend)
+        );
+        let row = sqlx::query_as::<_, RefreshTokenRow>(&sql)
+            .bind(request.presented.as_bytes().to_vec())
+            .bind(request.now.as_secs())
+            .bind(request.requested_scopes.joined())
+            .bind(request.successor.hash.as_bytes().to_vec())
+            .bind(request.successor.issued_at.as_secs())
+            .bind(request.successor.expires_at.as_secs())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(RefreshTokenRecord::try_from).transpose()
     }
 
     /// Serialises revocation log writers so log ids become visible in
@@ -539,15 +585,18 @@ impl Store for SqlStore {
             now_ms_sql(self.backend)
         );
         let presented = request.presented.as_bytes().to_vec();
+        if self.backend == Backend::Postgres
+            && let Some(record) = self.rotate_in_one_statement(request).await?
+        {
+            return Ok(Exchange::Issued {
+                record,
+                replay: false,
+            });
+        }
         self.write(async |conn| {
-            if self.backend == Backend::Sqlite {
-                // A write first, so SQLite takes its write lock now and no
-                // other exchange of this token can come between read and write.
-                sqlx::query("UPDATE refresh_tokens SET replays = replays WHERE hash = $1")
-                    .bind(&presented)
-                    .execute(&mut *conn)
-                    .await?;
-            }
+            // SQLite: the shared transaction began IMMEDIATE, holding the
+            // write lock, so no other exchange of this token can come
+            // between read and write.
             let Some(row) = sqlx::query_as::<_, ExchangeRow>(&select)
                 .bind(&presented)
                 .fetch_optional(&mut *conn)

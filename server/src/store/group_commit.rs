@@ -1,0 +1,393 @@
+//! Group commit for SQLite, which has one writer at a time and pays an
+//! fsync per commit: writers take turns on one connection inside one shared
+//! transaction (`BEGIN IMMEDIATE`, so the write lock is taken up front and
+//! no writer ever meets SQLITE_BUSY and its backoff sleeps), each writer's
+//! work in a savepoint of its own, and one COMMIT makes a whole burst
+//! durable. The last writer of a burst commits, or the one that finds the
+//! batch full or old; a writer is answered only after the COMMIT that holds
+//! its work succeeded.
+//!
+//! A writer's failure rolls back its savepoint only; a failed COMMIT fails
+//! every writer of the batch and discards the connection (see
+//! `SqlStore::write` on why a failed connection is not reused).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use sqlx::{Any, AnyConnection, AnyPool, Executor, pool::PoolConnection};
+use tokio::{
+    sync::{Mutex, watch},
+    time::Instant,
+};
+
+use super::StoreError;
+
+/// Writers per batch, at most.
+const MAX_BATCH: usize = 256;
+
+/// How long a batch may stay open while writers keep arriving.
+const MAX_AGE: Duration = Duration::from_millis(4);
+
+/// How long a finished writer waits for someone else to commit its batch
+/// before committing it itself (a writer that was to come was cancelled).
+const COMMIT_PATIENCE: Duration = Duration::from_millis(10);
+
+/// A batch's outcome: `None` until committed or failed.
+type Outcome = Option<Result<(), String>>;
+
+/// Where the shared connection is in its work: a writer cancelled mid-way
+/// leaves a mark the next one cleans up after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Between writers, no savepoint open.
+    Idle,
+    /// A writer's savepoint is open and its work running.
+    InWork,
+    /// The last writer's work is done; its savepoint is released together
+    /// with the next statement (one round trip fewer per writer).
+    Finished,
+    /// COMMIT was sent.
+    Committing,
+}
+
+struct Batch {
+    conn: PoolConnection<Any>,
+    writers: usize,
+    opened_at: Instant,
+    stage: Stage,
+    done: watch::Sender<Outcome>,
+}
+
+/// The shared transaction of a SQLite store.
+pub(super) struct GroupCommit(Arc<Shared>);
+
+struct Shared {
+    open: Mutex<Option<Batch>>,
+    /// Writers inside [`GroupCommit::write`] that have not finished their work.
+    arriving: AtomicUsize,
+}
+
+/// Held by a writer from arrival to answer. Dropped early (the writer was
+/// cancelled: a deadline, a reset stream), it leaves the shared
+/// transaction as it should be, in a task of its own: a half-done
+/// savepoint rolled back, and the batch committed if no writer is coming
+/// to do it, so the write lock is never left held.
+struct Writer {
+    shared: Arc<Shared>,
+    arriving: bool,
+    answered: bool,
+}
+
+impl Writer {
+    fn done_arriving(&mut self) {
+        if std::mem::take(&mut self.arriving) {
+            self.shared.arriving.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.done_arriving();
+        if self.answered {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            let mut open = shared.open.lock().await;
+            recover(&mut open).await;
+            if shared.arriving.load(Ordering::Acquire) == 0 {
+                let _ = commit(&mut open).await;
+            }
+        });
+    }
+}
+
+impl GroupCommit {
+    pub(super) fn new() -> Self {
+        Self(Arc::new(Shared {
+            open: Mutex::new(None),
+            arriving: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Runs `work` in the shared transaction and returns once it is durable.
+    pub(super) async fn write<T>(
+        &self,
+        pool: &AnyPool,
+        work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.0.arriving.fetch_add(1, Ordering::AcqRel);
+        let mut writer = Writer {
+            shared: Arc::clone(&self.0),
+            arriving: true,
+            answered: false,
+        };
+        let result = self.run(pool, work, &mut writer).await;
+        writer.answered = true;
+        result
+    }
+
+    async fn run<T>(
+        &self,
+        pool: &AnyPool,
+        work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, StoreError>,
+        writer: &mut Writer,
+    ) -> Result<T, StoreError> {
+        let mut open = self.0.open.lock().await;
+        recover(&mut open).await;
+        let begin = match open.as_ref().map(|b| b.stage) {
+            None => "BEGIN IMMEDIATE; SAVEPOINT w",
+            Some(Stage::Finished) => "RELEASE w; SAVEPOINT w",
+            Some(_) => "SAVEPOINT w",
+        };
+        if open.is_none() {
+            let conn = pool.acquire().await?;
+            *open = Some(Batch {
+                conn,
+                writers: 0,
+                opened_at: Instant::now(),
+                stage: Stage::Idle,
+                done: watch::channel(None).0,
+            });
+        }
+        let batch = open.as_mut().expect("a batch is open");
+        batch.stage = Stage::InWork;
+        if let Err(e) = batch.conn.execute(begin).await {
+            fail(&mut open, &e.to_string());
+            return Err(e.into());
+        }
+        let result = work(&mut batch.conn).await;
+        if result.is_ok() {
+            batch.stage = Stage::Finished;
+        } else {
+            if let Err(e) = batch.conn.execute("ROLLBACK TO w; RELEASE w").await {
+                fail(&mut open, &e.to_string());
+                return result;
+            }
+            batch.stage = Stage::Idle;
+        }
+        batch.writers += 1;
+        let full = batch.writers >= MAX_BATCH || batch.opened_at.elapsed() >= MAX_AGE;
+        let mut done = batch.done.subscribe();
+        writer.done_arriving();
+        let last = self.0.arriving.load(Ordering::Acquire) == 0;
+        if last || full {
+            let committed = commit(&mut open).await;
+            let value = result?;
+            committed?;
+            return Ok(value);
+        }
+        drop(open);
+        // A failed writer's savepoint is gone: nothing of it to wait for.
+        let value = result?;
+        loop {
+            let waited = tokio::time::timeout(COMMIT_PATIENCE, done.changed()).await;
+            if !matches!(waited, Ok(Ok(()))) {
+                // Nobody committed it (the writers still to come were
+                // cancelled): commit it ourselves, if it is still open.
+                let mut open = self.0.open.lock().await;
+                if done.borrow().is_none() {
+                    recover(&mut open).await;
+                    commit(&mut open).await?;
+                    return Ok(value);
+                }
+            }
+            match &*done.borrow() {
+                None => {}
+                Some(Ok(())) => return Ok(value),
+                Some(Err(e)) => return Err(commit_failed(e)),
+            }
+        }
+    }
+}
+
+/// Commits the open batch and tells its writers.
+async fn commit(open: &mut Option<Batch>) -> Result<(), StoreError> {
+    let Some(batch) = open.as_mut() else {
+        return Ok(());
+    };
+    let commit = if batch.stage == Stage::Finished {
+        "RELEASE w; COMMIT"
+    } else {
+        "COMMIT"
+    };
+    batch.stage = Stage::Committing;
+    match batch.conn.execute(commit).await {
+        Ok(_) => {
+            let batch = open.take().expect("a batch is open");
+            batch.done.send_replace(Some(Ok(())));
+            Ok(())
+        }
+        Err(e) => {
+            fail(open, &e.to_string());
+            Err(e.into())
+        }
+    }
+}
+
+/// Fails the open batch: its writers are told, its connection discarded
+/// (rolled back by closing), and the next writer opens a new one.
+fn fail(open: &mut Option<Batch>, error: &str) {
+    if let Some(mut batch) = open.take() {
+        batch.done.send_replace(Some(Err(error.to_owned())));
+        batch.conn.close_on_drop();
+    }
+}
+
+/// Cleans up after a writer cancelled mid-way: its savepoint is rolled
+/// back; a COMMIT whose outcome is unknown fails the batch.
+async fn recover(open: &mut Option<Batch>) {
+    let Some(batch) = open.as_mut() else { return };
+    match batch.stage {
+        Stage::Idle | Stage::Finished => {}
+        Stage::InWork => match batch.conn.execute("ROLLBACK TO w; RELEASE w").await {
+            Ok(_) => batch.stage = Stage::Idle,
+            Err(e) => fail(open, &e.to_string()),
+        },
+        Stage::Committing => fail(open, "a commit was interrupted"),
+    }
+}
+
+/// What the writers of a batch whose COMMIT failed are told: nothing of
+/// theirs was written, and it may succeed later.
+fn commit_failed(error: &str) -> StoreError {
+    StoreError::Unavailable(sqlx::Error::Io(std::io::Error::other(format!(
+        "the transaction holding this write did not commit: {error}"
+    ))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, AnyPool) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let pool = super::super::sqlite::pool(&url, 4).await.unwrap();
+        sqlx::query("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        (dir, pool)
+    }
+
+    async fn count(pool: &AnyPool) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM t")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_share_commits_and_each_is_durable_when_answered() {
+        let (_dir, pool) = store().await;
+        let group = Arc::new(GroupCommit::new());
+        let writers: Vec<_> = (0..200)
+            .map(|n| {
+                let (group, pool) = (Arc::clone(&group), pool.clone());
+                tokio::spawn(async move {
+                    group
+                        .write(&pool, async |conn| {
+                            sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                                .bind(n)
+                                .execute(&mut *conn)
+                                .await?;
+                            Ok(())
+                        })
+                        .await
+                        .unwrap();
+                    // Answered: visible to another connection.
+                    let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t WHERE n = $1")
+                        .bind(n)
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                    assert_eq!(seen, 1, "writer {n} was answered before its commit");
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert_eq!(count(&pool).await, 200);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_writer_rolls_back_only_its_own_work() {
+        let (_dir, pool) = store().await;
+        let group = Arc::new(GroupCommit::new());
+        let writers: Vec<_> = (0..50)
+            .map(|n| {
+                let (group, pool) = (Arc::clone(&group), pool.clone());
+                tokio::spawn(async move {
+                    group
+                        .write(&pool, async |conn| {
+                            sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                                .bind(n)
+                                .execute(&mut *conn)
+                                .await?;
+                            if n % 2 == 1 {
+                                // A second insert of the same key fails.
+                                sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                                    .bind(n)
+                                    .execute(&mut *conn)
+                                    .await?;
+                            }
+                            Ok(())
+                        })
+                        .await
+                        .is_ok()
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for w in writers {
+            ok += usize::from(w.await.unwrap());
+        }
+        assert_eq!(ok, 25);
+        assert_eq!(count(&pool).await, 25);
+        let odd: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t WHERE n % 2 = 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(odd, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_cancelled_mid_work_leaves_nothing_and_blocks_nobody() {
+        let (_dir, pool) = store().await;
+        let group = GroupCommit::new();
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(50),
+            group.write(&pool, async |conn| {
+                sqlx::query("INSERT INTO t (n) VALUES (1)")
+                    .execute(&mut *conn)
+                    .await?;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok(())
+            }),
+        )
+        .await;
+        assert!(cancelled.is_err());
+        group
+            .write(&pool, async |conn| {
+                sqlx::query("INSERT INTO t (n) VALUES (2)")
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT n FROM t")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, [2]);
+    }
+}
