@@ -1048,7 +1048,16 @@ async fn section_revocation(plan: &Plan, postgres: &str) {
     for round in 0..plan.rounds {
         for k in 0..2 {
             if (k + round) % 2 == 0 {
-                quiet.push(&drive(&channels, plan.concurrency, plan.seconds, b.pid(), &workload).await);
+                quiet.push(
+                    &drive(
+                        &channels,
+                        plan.concurrency,
+                        plan.seconds,
+                        b.pid(),
+                        &workload,
+                    )
+                    .await,
+                );
             } else {
                 let url = a.url.clone();
                 let revoker = tokio::spawn(async move {
@@ -1068,7 +1077,16 @@ async fn section_revocation(plan: &Plan, postgres: &str) {
                         .unwrap();
                     }
                 });
-                busy.push(&drive(&channels, plan.concurrency, plan.seconds, b.pid(), &workload).await);
+                busy.push(
+                    &drive(
+                        &channels,
+                        plan.concurrency,
+                        plan.seconds,
+                        b.pid(),
+                        &workload,
+                    )
+                    .await,
+                );
                 revoker.abort();
             }
         }
