@@ -48,7 +48,18 @@ pub enum StartupError {
     /// TLS material is missing or invalid.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// The data folder or listening socket failed.
+    /// The listening socket could not be opened.
+    #[error("cannot listen on {addr}: {source}{hint}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// What to try.
+        hint: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another I/O failure.
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// A file or folder could not be created, read or secured.
@@ -144,14 +155,6 @@ impl Application {
             settings.throttle.clone(),
         ));
 
-        let (health, _) = tonic_health::server::health_reporter();
-        background.push(Background(tokio::spawn(report_health(
-            health.clone(),
-            Arc::clone(&authority),
-            clock_check,
-            settings.follow.poll_interval,
-        ))));
-
         let tls = settings.tls.as_ref().map(ServerTls::load).transpose()?;
         if tls.is_none() && !settings.listen_addr.ip().is_loopback() {
             tracing::warn!(
@@ -166,7 +169,24 @@ impl Application {
             settings.connections.clone(),
             tls.as_ref().map(|t| t.acceptor().clone()),
         )
-        .await?;
+        .await
+        .map_err(|source| StartupError::Listen {
+            addr: settings.listen_addr,
+            hint: if source.kind() == std::io::ErrorKind::AddrInUse {
+                " (is another `tessera serve` running? choose another with --listen-addr)"
+            } else {
+                ""
+            },
+            source,
+        })?;
+        // Ready is reported only once the port is ours.
+        let (health, _) = tonic_health::server::health_reporter();
+        background.push(Background(tokio::spawn(report_health(
+            health.clone(),
+            Arc::clone(&authority),
+            clock_check,
+            settings.follow.poll_interval,
+        ))));
         Ok(Self {
             listener,
             _tls: tls,

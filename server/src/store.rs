@@ -32,9 +32,29 @@ pub enum StoreError {
     /// The database could not be reached or did not answer in time.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The first connection to the database failed.
+    #[error("cannot connect to {target}")]
+    Connect {
+        /// Where (host, port, database; never credentials).
+        target: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
     /// A stored value could not be read back (corruption or a bad migration).
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// Started without migrating, on a database whose schema is behind.
+    #[error(
+        "the database's schema is at version {applied}, this Tessera needs {needed}: \
+         run `tessera migrate` (or start without --no-migrate)"
+    )]
+    NotMigrated {
+        /// The newest migration applied (0: none).
+        applied: i64,
+        /// The newest this build has.
+        needed: i64,
+    },
     /// Migrations could not be applied.
     #[error("migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
@@ -50,7 +70,7 @@ impl StoreError {
     /// True when the database could not be reached: worth retrying
     /// elsewhere, and answered as UNAVAILABLE.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::Connect { .. })
     }
 }
 
@@ -447,6 +467,20 @@ pub async fn connect(
     };
     if migrate {
         migrator.run(&pool).await.map_err(StoreError::Migrate)?;
+    } else {
+        let needed = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        // No table at all reads as version 0.
+        let applied: i64 = sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT MAX(version) FROM _sqlx_migrations WHERE success",
+        )
+        .fetch_one(&pool)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+        if applied < needed {
+            return Err(StoreError::NotMigrated { applied, needed });
+        }
     }
     Ok(Arc::new(sql::SqlStore::new(pool, backend, url)))
 }

@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use secrecy::ExposeSecret;
 use tessera::pb::{
     ClientCredentialsGrant, IssueRequest, PasswordGrant, issue_request::Grant,
     token_service_client::TokenServiceClient,
@@ -391,4 +392,110 @@ fn plaintext_on_a_non_loopback_address_is_warned_about() {
     server.kill().unwrap();
     server.wait().unwrap();
     assert!(!log.iter().any(|l| l.contains("non-loopback")), "{log:#?}");
+}
+
+/// What a failed command printed on stderr, checked to be one line of
+/// `error: ...` with no backtrace, even with `RUST_BACKTRACE=1`.
+fn one_line_error(output: &Output) -> String {
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Log lines (timestamped) aside.
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(errors.len(), 1, "more than one line: {stderr}");
+    assert!(errors[0].starts_with("error: "), "{stderr}");
+    assert!(
+        !stderr.contains("backtrace") && !stderr.contains("Caused by"),
+        "{stderr}"
+    );
+    errors[0].to_owned()
+}
+
+#[test]
+fn command_errors_are_one_line_without_a_backtrace_and_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let add = || {
+        let mut command = tessera(dir.path());
+        command
+            .env("RUST_BACKTRACE", "1")
+            .args(["user", "add", "alice", "--scope", "read"]);
+        command
+    };
+    assert!(
+        run_with_stdin(&mut add(), "a long password\n")
+            .status
+            .success()
+    );
+    let duplicate = one_line_error(&run_with_stdin(&mut add(), "a long password\n"));
+    assert!(
+        duplicate.contains("alice") && duplicate.contains("already exists"),
+        "{duplicate}"
+    );
+    let empty = one_line_error(&run_with_stdin(&mut add(), "\n"));
+    assert_eq!(empty.matches("password is empty").count(), 1, "{empty}");
+
+    // An empty database started without migrating says what to run.
+    let fresh = tempfile::tempdir().unwrap();
+    let unmigrated = one_line_error(
+        &tessera(fresh.path())
+            .env("RUST_BACKTRACE", "1")
+            .args(["serve", "--no-migrate", "--listen-addr", "127.0.0.1:0"])
+            .output()
+            .unwrap(),
+    );
+    assert!(unmigrated.contains("tessera migrate"), "{unmigrated}");
+}
+
+#[test]
+fn a_busy_port_is_named_and_nothing_reports_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut first, addr) = serve(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let second = tessera(other.path())
+        .args(["serve", "--listen-addr", &addr])
+        .output()
+        .unwrap();
+    let _ = first.kill();
+    let _ = first.wait();
+    let error = one_line_error(&second);
+    assert!(
+        error.contains(&format!("cannot listen on {addr}")),
+        "{error}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&second.stderr).contains("reporting SERVING"),
+        "a replica that could not bind said it was ready"
+    );
+}
+
+#[test]
+fn an_unreachable_postgresql_is_named_with_the_reason_and_no_password() {
+    // Port 1 on loopback: nothing listens there.
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let output = tessera(dir.path())
+        .env(
+            "TESSERA_DATABASE_URL",
+            "postgres://tessera:s3cret-pw@127.0.0.1:1/tessera",
+        )
+        .env(
+            "TESSERA_KEY_ENCRYPTION_KEY",
+            tessera_server::Kek::generate_base64().expose_secret(),
+        )
+        .arg("migrate")
+        .output()
+        .unwrap();
+    let error = one_line_error(&output);
+    assert!(
+        error.contains("PostgreSQL at 127.0.0.1:1") && error.contains("refused"),
+        "{error}"
+    );
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("s3cret-pw"));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "a refused connection took {:?}",
+        started.elapsed()
+    );
 }
