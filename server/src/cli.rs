@@ -1,4 +1,5 @@
-//! The `tessera` command line: `serve`, `migrate`, `user`, `client`, `keys`.
+//! The `tessera` command line: `serve`, `migrate`, `user`, `client`, `keys`,
+//! `revoke`.
 
 use std::{
     io::{BufRead, IsTerminal},
@@ -16,11 +17,11 @@ use crate::{
     domain::{AdminError, NewClientCredential},
     keys::{self, KeyRing, KeyState, key_states},
     model::{
-        Audience, ClientId, Clock, InvalidInput, Password, ScopeSet, SystemClock, UnixTime,
-        Username, parse_sha256,
+        Audience, ClientId, Clock, InvalidInput, Password, RevocationKind, ScopeSet, SystemClock,
+        UnixTime, Username, parse_sha256,
     },
     startup::{self, Application, StartupError},
-    store::{Backend, StoreError},
+    store::{Backend, ClientCredential, StoreError},
 };
 
 /// Tessera: a gRPC token service.
@@ -52,6 +53,20 @@ enum Command {
     /// Manage signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Revoke tokens now, on every replica (exactly one of the options).
+    #[command(group(clap::ArgGroup::new("what").required(true).multiple(false)))]
+    Revoke {
+        /// Every token of this subject (a user's `sub`, or a client id)
+        /// issued until now, and the user's sessions.
+        #[arg(long, group = "what")]
+        subject: Option<String>,
+        /// A session (`sid`): its refresh tokens and access tokens.
+        #[arg(long, group = "what")]
+        session: Option<String>,
+        /// One access token, by its `jti`.
+        #[arg(long, group = "what")]
+        jti: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +88,13 @@ enum UserCommand {
         /// Login name.
         name: String,
     },
+    /// Enable a disabled user again (tokens revoked stay revoked).
+    Enable {
+        /// Login name.
+        name: String,
+    },
+    /// List users: name, sub, scopes, whether disabled.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +119,18 @@ enum ClientCommand {
         #[arg(long)]
         tls_cert_sha256: Option<String>,
     },
+    /// Disable a client and revoke every token it holds.
+    Disable {
+        /// Client id.
+        id: String,
+    },
+    /// Enable a disabled client again (tokens revoked stay revoked).
+    Enable {
+        /// Client id.
+        id: String,
+    },
+    /// List clients: id, how it authenticates, scopes, whether disabled.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,44 +196,24 @@ impl Cli {
                 println!("migrations applied");
             }
             Command::User(command) => user(command, &settings, clock).await?,
-            Command::Client(ClientCommand::Add {
-                id,
-                scopes,
-                audiences,
-                tls_subject,
-                tls_cert_sha256,
-            }) => {
-                let id = ClientId::parse(&id)?;
-                let scopes = ScopeSet::parse_list(&scopes)?;
-                let audiences = parse_audiences(&audiences)?;
-                let credential = match (tls_subject, tls_cert_sha256) {
-                    (Some(subject), _) => NewClientCredential::TlsSubject(subject),
-                    (None, Some(sha256)) => {
-                        NewClientCredential::TlsCertificate(parse_sha256(&sha256)?)
-                    }
-                    (None, None) => NewClientCredential::Secret,
+            Command::Client(command) => client(command, &settings, clock).await?,
+            Command::Revoke {
+                subject,
+                session,
+                jti,
+            } => {
+                let (kind, value, what) = match (subject, session, jti) {
+                    (Some(sub), _, _) => (RevocationKind::Subject, sub, "subject"),
+                    (_, Some(sid), _) => (RevocationKind::Session, sid, "session"),
+                    (_, _, Some(jti)) => (RevocationKind::Token, jti, "access token"),
+                    (None, None, None) => unreachable!("clap requires one"),
                 };
-                let admin = startup::open_admin(&settings, clock).await?;
-                match admin
-                    .add_client(id.clone(), scopes, audiences, credential.clone())
-                    .await?
-                {
-                    Some(secret) => {
-                        println!(
-                            "created client {id}; its secret (shown only now) is on the next line"
-                        );
-                        println!("{}", secret.expose_secret());
-                    }
-                    None => println!(
-                        "created client {id}; it authenticates by its TLS client certificate \
-                         ({}), with an empty client_secret over mutual TLS",
-                        match credential {
-                            NewClientCredential::TlsSubject(subject) =>
-                                format!("subject {subject}"),
-                            _ => "SHA-256 pinned".to_owned(),
-                        }
-                    ),
+                if value.trim().is_empty() {
+                    return Err(InvalidInput("the value to revoke is empty".into()).into());
                 }
+                let admin = startup::open_admin(&settings, clock).await?;
+                admin.revoke(kind, &value).await?;
+                println!("revoked {what} {value}; every replica denies it once it follows the log");
             }
             Command::Keys(command) => keys(command, &settings, clock.now()).await?,
         }
@@ -233,6 +247,109 @@ async fn user(
             let admin = startup::open_admin(settings, clock).await?;
             admin.disable_user(&username).await?;
             println!("disabled user {name}; their sessions and access tokens are revoked");
+        }
+        UserCommand::Enable { name } => {
+            let username = Username::parse(&name)?;
+            startup::open_admin(settings, clock)
+                .await?
+                .enable_user(&username)
+                .await?;
+            println!("enabled user {name}");
+        }
+        UserCommand::List => {
+            let users = startup::open_admin(settings, clock).await?.users().await?;
+            println!("{:<24} {:<24} {:<9} scopes", "name", "sub", "state");
+            for u in users {
+                let state = if u.disabled { "disabled" } else { "enabled" };
+                println!(
+                    "{:<24} {:<24} {state:<9} {}",
+                    u.username.as_str(),
+                    u.id,
+                    u.scopes.joined()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn client(
+    command: ClientCommand,
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+) -> Result<(), CliError> {
+    match command {
+        ClientCommand::Add {
+            id,
+            scopes,
+            audiences,
+            tls_subject,
+            tls_cert_sha256,
+        } => {
+            let id = ClientId::parse(&id)?;
+            let scopes = ScopeSet::parse_list(&scopes)?;
+            let audiences = parse_audiences(&audiences)?;
+            let credential = match (tls_subject, tls_cert_sha256) {
+                (Some(subject), _) => NewClientCredential::TlsSubject(subject),
+                (None, Some(sha256)) => NewClientCredential::TlsCertificate(parse_sha256(&sha256)?),
+                (None, None) => NewClientCredential::Secret,
+            };
+            let admin = startup::open_admin(settings, clock).await?;
+            match admin
+                .add_client(id.clone(), scopes, audiences, credential.clone())
+                .await?
+            {
+                Some(secret) => {
+                    println!(
+                        "created client {id}; its secret (shown only now) is on the next line"
+                    );
+                    println!("{}", secret.expose_secret());
+                }
+                None => println!(
+                    "created client {id}; it authenticates by its TLS client certificate \
+                     ({}), with an empty client_secret over mutual TLS",
+                    match credential {
+                        NewClientCredential::TlsSubject(subject) => format!("subject {subject}"),
+                        _ => "SHA-256 pinned".to_owned(),
+                    }
+                ),
+            }
+        }
+        ClientCommand::Disable { id } => {
+            let id = ClientId::parse(&id)?;
+            startup::open_admin(settings, clock)
+                .await?
+                .disable_client(&id)
+                .await?;
+            println!("disabled client {id}; every token it holds is revoked");
+        }
+        ClientCommand::Enable { id } => {
+            let id = ClientId::parse(&id)?;
+            startup::open_admin(settings, clock)
+                .await?
+                .enable_client(&id)
+                .await?;
+            println!("enabled client {id}");
+        }
+        ClientCommand::List => {
+            let clients = startup::open_admin(settings, clock)
+                .await?
+                .clients()
+                .await?;
+            println!("{:<24} {:<10} {:<9} scopes", "id", "auth", "state");
+            for c in clients {
+                let auth = match c.credential {
+                    ClientCredential::Secret(_) => "secret",
+                    ClientCredential::TlsSubject(_) => "tls-name",
+                    ClientCredential::TlsCertificate(_) => "tls-cert",
+                };
+                let state = if c.disabled { "disabled" } else { "enabled" };
+                println!(
+                    "{:<24} {auth:<10} {state:<9} {}",
+                    c.id.as_str(),
+                    c.scopes.joined()
+                );
+            }
         }
     }
     Ok(())

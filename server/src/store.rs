@@ -347,6 +347,37 @@ pub trait Store: Send + Sync + 'static {
         expires_at: UnixTime,
     ) -> Result<Option<String>, StoreError>;
 
+    /// Enables a disabled user again; false if there is no such user. Their
+    /// revoked sessions and tokens stay revoked.
+    async fn enable_user(&self, username: &Username) -> Result<bool, StoreError>;
+
+    /// Every user, by name.
+    async fn users(&self) -> Result<Vec<UserRecord>, StoreError>;
+
+    /// Disables a client and appends a subject revocation of its id (its
+    /// tokens' `sub`), atomically; false if there is no such client.
+    async fn disable_client(
+        &self,
+        id: &ClientId,
+        at: UnixTime,
+        expires_at: UnixTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Revokes every token of subject `sub` issued until `at`: its sessions
+    /// (refresh tokens) and a subject entry in the revocation log.
+    async fn revoke_subject(
+        &self,
+        sub: &str,
+        at: UnixTime,
+        expires_at: UnixTime,
+    ) -> Result<(), StoreError>;
+
+    /// Enables a disabled client again; false if there is no such client.
+    async fn enable_client(&self, id: &ClientId) -> Result<bool, StoreError>;
+
+    /// Every client, by id.
+    async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
+
     /// Stores a new client; [`StoreError::Conflict`] if the id is taken.
     async fn insert_client(&self, client: &ClientRecord, now: UnixTime) -> Result<(), StoreError>;
 

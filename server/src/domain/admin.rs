@@ -8,8 +8,8 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{HashError, HashingSettings, PasswordHasher, TokenSettings};
 use crate::{
     model::{
-        Audience, ClientId, Clock, Password, ScopeSet, SecretHash, Username, new_client_secret,
-        random_id,
+        Audience, ClientId, Clock, Password, Revocation, RevocationKind, ScopeSet, SecretHash,
+        Username, new_client_secret, random_id,
     },
     store::{ClientCredential, ClientRecord, Store, StoreError, UserRecord},
 };
@@ -32,8 +32,11 @@ pub enum AdminError {
     #[error("{0} already exists")]
     Exists(String),
     /// No such user.
-    #[error("no user named {0}")]
+    #[error("no user named {0} (`tessera user list` shows them)")]
     UnknownUser(String),
+    /// No such client.
+    #[error("no client {0} (`tessera client list` shows them)")]
+    UnknownClient(String),
     /// A password shorter than the configured minimum.
     #[error("the password is shorter than {0} characters (TESSERA_PASSWORD_MIN_LENGTH)")]
     PasswordTooShort(usize),
@@ -153,5 +156,80 @@ impl Admin {
             .await
             .map_err(store_error(format!("client {}", client.id)))?;
         Ok(secret)
+    }
+
+    /// Enables a disabled user again (their revoked tokens stay revoked).
+    pub async fn enable_user(&self, username: &Username) -> Result<(), AdminError> {
+        if self
+            .store
+            .enable_user(username)
+            .await
+            .map_err(AdminError::Store)?
+        {
+            Ok(())
+        } else {
+            Err(AdminError::UnknownUser(username.to_string()))
+        }
+    }
+
+    /// Every user.
+    pub async fn users(&self) -> Result<Vec<UserRecord>, AdminError> {
+        self.store.users().await.map_err(AdminError::Store)
+    }
+
+    /// Disables a client and revokes every token it holds, on every replica.
+    pub async fn disable_client(&self, id: &ClientId) -> Result<(), AdminError> {
+        let now = self.clock.now();
+        let found = self
+            .store
+            .disable_client(id, now, self.tokens.revocation_expiry(now))
+            .await
+            .map_err(AdminError::Store)?;
+        if found {
+            Ok(())
+        } else {
+            Err(AdminError::UnknownClient(id.to_string()))
+        }
+    }
+
+    /// Enables a disabled client again (its revoked tokens stay revoked).
+    pub async fn enable_client(&self, id: &ClientId) -> Result<(), AdminError> {
+        if self
+            .store
+            .enable_client(id)
+            .await
+            .map_err(AdminError::Store)?
+        {
+            Ok(())
+        } else {
+            Err(AdminError::UnknownClient(id.to_string()))
+        }
+    }
+
+    /// Every client.
+    pub async fn clients(&self) -> Result<Vec<ClientRecord>, AdminError> {
+        self.store.clients().await.map_err(AdminError::Store)
+    }
+
+    /// Operator revocation, in force on every replica once the log is
+    /// followed: every token of a subject (a user's id or a client id)
+    /// issued until now, with the user's sessions; a session and its
+    /// tokens; or one access token by `jti` (kept until the longest
+    /// lifetime has passed).
+    pub async fn revoke(&self, kind: RevocationKind, value: &str) -> Result<(), AdminError> {
+        let now = self.clock.now();
+        let expires_at = self.tokens.revocation_expiry(now);
+        let entry = Revocation {
+            kind,
+            value: value.to_owned(),
+            at: now,
+            expires_at,
+        };
+        match kind {
+            RevocationKind::Subject => self.store.revoke_subject(value, now, expires_at).await,
+            RevocationKind::Session => self.store.revoke_session(&entry).await.map(drop),
+            RevocationKind::Token => self.store.append_revocation(&entry).await,
+        }
+        .map_err(AdminError::Store)
     }
 }

@@ -114,6 +114,46 @@ impl SqlStore {
         row.map(RefreshTokenRecord::try_from).transpose()
     }
 
+    /// Inside the caller's transaction: revokes every session of subject
+    /// `sub` (a user's id; a client has none) and appends a revocation for
+    /// each of those sessions and for the subject.
+    async fn revoke_subject_in(
+        &self,
+        conn: &mut AnyConnection,
+        sub: &str,
+        at: UnixTime,
+        expires_at: UnixTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(sub)
+        .bind(at.as_secs())
+        .execute(&mut *conn)
+        .await?;
+        // Each session's access tokens die by `sid`, whenever they were
+        // minted: a login or refresh that raced this got its session revoked
+        // here, and its token denied with it.
+        self.lock_log(conn).await?;
+        sqlx::query(
+            "INSERT INTO revocation_log (kind, value, at, expires_at) \
+             SELECT $3, sid, $2, $4 FROM sessions WHERE user_id = $1 AND revoked_at = $2",
+        )
+        .bind(sub)
+        .bind(at.as_secs())
+        .bind(RevocationKind::Session.as_str())
+        .bind(expires_at.as_secs())
+        .execute(&mut *conn)
+        .await?;
+        let entry = Revocation {
+            kind: RevocationKind::Subject,
+            value: sub.to_owned(),
+            at,
+            expires_at,
+        };
+        self.insert_revocation(conn, &entry).await
+    }
+
     /// Serialises revocation log writers so log ids become visible in
     /// commit order (see the migration); SQLite has one writer anyway.
     async fn lock_log(&self, conn: &mut AnyConnection) -> Result<(), StoreError> {
@@ -420,34 +460,7 @@ impl Store for SqlStore {
             else {
                 return Ok(None);
             };
-            sqlx::query(
-                "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
-            )
-            .bind(&id)
-            .bind(at.as_secs())
-            .execute(&mut *conn)
-            .await?;
-            // Each session's access tokens die by `sid`, whenever they were
-            // minted: a login or refresh that raced this command got its
-            // session revoked here, and its token denied with it.
-            self.lock_log(conn).await?;
-            sqlx::query(
-                "INSERT INTO revocation_log (kind, value, at, expires_at) \
-                 SELECT $3, sid, $2, $4 FROM sessions WHERE user_id = $1 AND revoked_at = $2",
-            )
-            .bind(&id)
-            .bind(at.as_secs())
-            .bind(RevocationKind::Session.as_str())
-            .bind(expires_at.as_secs())
-            .execute(&mut *conn)
-            .await?;
-            let entry = Revocation {
-                kind: RevocationKind::Subject,
-                value: id.clone(),
-                at,
-                expires_at,
-            };
-            self.insert_revocation(conn, &entry).await?;
+            self.revoke_subject_in(conn, &id, at, expires_at).await?;
             Ok(Some(id))
         })
         .await
@@ -499,6 +512,86 @@ impl Store for SqlStore {
         .await?
         .map(ClientRecord::try_from)
         .transpose()
+    }
+
+    #[tracing::instrument(name = "db.users.enable", skip_all)]
+    async fn enable_user(&self, username: &Username) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE users SET disabled_at = NULL WHERE username = $1")
+            .bind(username.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    #[tracing::instrument(name = "db.users.all", skip_all)]
+    async fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        sqlx::query_as::<_, UserRow>(
+            "SELECT id, username, password_hash, scopes, audiences, disabled_at \
+             FROM users ORDER BY username",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(UserRecord::try_from)
+        .collect()
+    }
+
+    #[tracing::instrument(name = "db.clients.disable", skip_all)]
+    async fn disable_client(
+        &self,
+        id: &ClientId,
+        at: UnixTime,
+        expires_at: UnixTime,
+    ) -> Result<bool, StoreError> {
+        self.write(async |conn| {
+            let found = sqlx::query(
+                "UPDATE clients SET disabled_at = COALESCE(disabled_at, $2) WHERE id = $1",
+            )
+            .bind(id.as_str())
+            .bind(at.as_secs())
+            .execute(&mut *conn)
+            .await?;
+            if found.rows_affected() == 0 {
+                return Ok(false);
+            }
+            self.revoke_subject_in(conn, id.as_str(), at, expires_at)
+                .await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "db.subjects.revoke", skip_all)]
+    async fn revoke_subject(
+        &self,
+        sub: &str,
+        at: UnixTime,
+        expires_at: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(async |conn| self.revoke_subject_in(conn, sub, at, expires_at).await)
+            .await
+    }
+
+    #[tracing::instrument(name = "db.clients.enable", skip_all)]
+    async fn enable_client(&self, id: &ClientId) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE clients SET disabled_at = NULL WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    #[tracing::instrument(name = "db.clients.all", skip_all)]
+    async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        sqlx::query_as::<_, ClientRow>(
+            "SELECT id, secret_hash, tls_subject, tls_cert_sha256, scopes, audiences, disabled_at \
+             FROM clients ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(ClientRecord::try_from)
+        .collect()
     }
 
     #[tracing::instrument(name = "db.sessions.create", skip_all)]

@@ -499,3 +499,205 @@ fn an_unreachable_postgresql_is_named_with_the_reason_and_no_password() {
         started.elapsed()
     );
 }
+
+/// Runs an admin command that must succeed; returns its stdout.
+fn admin(dir: &std::path::Path, args: &[&str]) -> String {
+    let output = tessera(dir).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "tessera {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Waits (up to 5 s) until Introspect says `active` of `token`.
+async fn introspects(
+    api: &mut TokenServiceClient<tonic::transport::Channel>,
+    bearer: &str,
+    token: &str,
+    active: bool,
+) {
+    let started = Instant::now();
+    loop {
+        let mut request = tonic::Request::new(tessera::pb::IntrospectRequest {
+            token: token.to_owned(),
+            token_type_hint: 0,
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {bearer}").parse().unwrap());
+        if api.introspect(request).await.unwrap().into_inner().active == active {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still active={} after 5 s",
+            !active
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn client_secret_of(stdout: &str) -> String {
+    stdout.lines().last().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_operator_disables_and_enables_clients_and_users_lists_them_and_revokes_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let billing = client_secret_of(&admin(
+        d,
+        &["client", "add", "billing", "--scope", "invoices:read"],
+    ));
+    let inspector = client_secret_of(&admin(
+        d,
+        &[
+            "client",
+            "add",
+            "inspector",
+            "--scope",
+            "tessera:introspect",
+        ],
+    ));
+    assert!(
+        run_with_stdin(
+            tessera(d).args(["user", "add", "alice", "--scope", "read"]),
+            "a long password\n"
+        )
+        .status
+        .success()
+    );
+    let (mut server, addr) = serve(d);
+    let mut api = TokenServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let client_grant = |id: &str, secret: &str| {
+        issue(Grant::ClientCredentials(ClientCredentialsGrant {
+            client_id: id.into(),
+            client_secret: secret.into(),
+        }))
+    };
+    let bearer = api
+        .issue(client_grant("inspector", &inspector))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let token = api
+        .issue(client_grant("billing", &billing))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    introspects(&mut api, &bearer, &token, true).await;
+
+    // A leaked secret: disable the client. Its tokens die on the running
+    // server, and it gets no more.
+    let said = admin(d, &["client", "disable", "billing"]);
+    assert!(said.contains("disabled client billing"), "{said}");
+    introspects(&mut api, &bearer, &token, false).await;
+    let refused = api
+        .issue(client_grant("billing", &billing))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let list = admin(d, &["client", "list"]);
+    let row = list.lines().find(|l| l.starts_with("billing")).unwrap();
+    assert!(
+        row.contains("disabled") && row.contains("invoices:read"),
+        "{list}"
+    );
+    assert!(!list.contains(&billing), "a secret in the list");
+
+    // Enabled again: new tokens work, the revoked one stays revoked.
+    admin(d, &["client", "enable", "billing"]);
+    // The revocation covers tokens issued up to its second: one issued
+    // in that same second would be denied too.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = api
+        .issue(client_grant("billing", &billing))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    introspects(&mut api, &bearer, &again, true).await;
+    introspects(&mut api, &bearer, &token, false).await;
+
+    // Operator revocation of one token, by jti.
+    let jti = jti_of(&again);
+    admin(d, &["revoke", "--jti", &jti]);
+    introspects(&mut api, &bearer, &again, false).await;
+
+    // A user's session, revoked by sid: refresh fails, access token dies.
+    let login = api
+        .issue(issue(Grant::Password(PasswordGrant {
+            username: "alice".into(),
+            password: "a long password".into(),
+        })))
+        .await
+        .unwrap()
+        .into_inner();
+    introspects(&mut api, &bearer, &login.access_token, true).await;
+    admin(d, &["revoke", "--session", &sid_of(&login.access_token)]);
+    introspects(&mut api, &bearer, &login.access_token, false).await;
+    let refresh = api
+        .refresh(tessera::pb::RefreshRequest {
+            refresh_token: login.refresh_token,
+            scopes: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refresh.code(), tonic::Code::Unauthenticated);
+
+    // Users: disable, list, enable.
+    admin(d, &["user", "disable", "alice"]);
+    let users = admin(d, &["user", "list"]);
+    let row = users.lines().find(|l| l.starts_with("alice")).unwrap();
+    assert!(row.contains("disabled"), "{users}");
+    admin(d, &["user", "enable", "alice"]);
+    assert!(
+        admin(d, &["user", "list"])
+            .lines()
+            .any(|l| l.starts_with("alice") && l.contains(" enabled "))
+    );
+
+    // Mistakes name the thing and what to do.
+    let unknown = tessera(d)
+        .args(["client", "disable", "nobody"])
+        .output()
+        .unwrap();
+    let error = one_line_error(&unknown);
+    assert!(
+        error.contains("no client nobody") && error.contains("client list"),
+        "{error}"
+    );
+    let two = tessera(d)
+        .args(["revoke", "--jti", "a", "--session", "b"])
+        .output()
+        .unwrap();
+    assert!(!two.status.success());
+
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// A claim of a token, read without verifying (the test made the token).
+fn claim_of(token: &str, name: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    claims[name].as_str().unwrap().to_owned()
+}
+
+fn jti_of(token: &str) -> String {
+    claim_of(token, "jti")
+}
+
+fn sid_of(token: &str) -> String {
+    claim_of(token, "sid")
+}
