@@ -16,4 +16,20 @@ if [ -z "${TESSERA_TEST_DATABASE_URL:-}" ]; then
   echo "throwaway PostgreSQL on 127.0.0.1:$PG_PORT (TLS, CA $TESSERA_TEST_PG_CA)"
 fi
 
-cargo test --workspace "$@"
+# Every test binary runs even after one fails; one summary line at the end.
+log=$(mktemp)
+set +e
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ {
+       for (i = 2; i <= NF; i++) {
+         if ($i ~ /^passed;/) passed += $(i - 1)
+         if ($i ~ /^failed;/) failed += $(i - 1)
+         if ($i ~ /^ignored;/) ignored += $(i - 1)
+       }
+     }
+     END { printf "tests: %d passed, %d failed, %d ignored\n", passed, failed, ignored }' "$log"
+rm -f "$log"
+[ "$status" = 0 ] || echo "cargo test exited with status $status (a failure above, or a build error)"
+exit "$status"
