@@ -374,6 +374,10 @@ async fn keys(command: KeysCommand, settings: &Settings, now: UnixTime) -> Resul
             };
             let (kid, activates_at) =
                 keys::add_key(&*store, ring.kek(), alg, now, now.plus(activate_in)).await?;
+            tracing::info!(
+                target: "tessera::audit", event = "key_rotated",
+                kid, %alg, activates_at = activates_at.as_secs(),
+            );
             println!(
                 "added {alg} key {kid}: published now, signing from {}",
                 format_time(activates_at)

@@ -115,6 +115,8 @@ pub(crate) struct KeyRing {
     keys: RwLock<Arc<Vec<Arc<LoadedKey>>>>,
     /// Tokens whose signature one of `keys` verified.
     verified: verified::VerifiedTokens,
+    /// The key this replica last signed with, to log when that changes.
+    last_signer: parking_lot::Mutex<Option<Arc<LoadedKey>>>,
 }
 
 impl KeyRing {
@@ -132,6 +134,7 @@ impl KeyRing {
             retention,
             keys: RwLock::new(Arc::new(Vec::new())),
             verified: verified::VerifiedTokens::default(),
+            last_signer: parking_lot::Mutex::new(None),
         };
         ring.reload(store, now).await?;
         if ring.signer(now).is_none() {
@@ -210,6 +213,14 @@ impl KeyRing {
     /// Signs `claims` with the key active at `now`.
     pub(crate) fn sign(&self, claims: &AccessClaims, now: UnixTime) -> Result<String, KeyError> {
         let key = self.signer(now).ok_or(KeyError::NoActiveKey)?;
+        {
+            let mut last = self.last_signer.lock();
+            if !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &key)) {
+                tracing::info!(kid = %key.kid(), alg = %key.signing.algorithm(), "now signing with key {}", key.kid());
+                tracing::info!(target: "tessera::audit", event = "key_activated", kid = %key.kid());
+                *last = Some(Arc::clone(&key));
+            }
+        }
         key.signing.sign(claims).map_err(KeyError::Sign)
     }
 

@@ -23,16 +23,39 @@ impl Drop for Telemetry {
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot start the OTLP exporter: {0}")]
-pub struct TelemetryError(#[from] opentelemetry_otlp::ExporterBuildError);
+pub enum TelemetryError {
+    /// The OTLP exporter could not be built.
+    #[error("cannot start the OTLP exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// `TESSERA_LOG_FORMAT` is neither `text` nor `json`.
+    #[error("TESSERA_LOG_FORMAT={0:?}: use text or json")]
+    LogFormat(String),
+}
 
 /// Installs the global subscriber. The filter comes from `RUST_LOG`
-/// (default `info`).
+/// (default `info`); the format from `TESSERA_LOG_FORMAT` (`text`, the
+/// default, or `json`: one JSON object per line, fields at the top level,
+/// for log pipelines). Audit events go to the target `tessera::audit`.
 pub fn init() -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let json = match std::env::var("TESSERA_LOG_FORMAT").as_deref() {
+        Err(_) | Ok("" | "text") => false,
+        Ok("json") => true,
+        Ok(other) => return Err(TelemetryError::LogFormat(other.to_owned())),
+    };
+    let text = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    });
+    let json = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+    });
     let provider = match std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Some(_) => {
             // The exporter reads the endpoint (and OTEL_EXPORTER_OTLP_* options) itself.
@@ -55,7 +78,8 @@ pub fn init() -> Result<Telemetry, TelemetryError> {
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("tessera")));
     tracing_subscriber::registry()
         .with(filter)
-        .with(fmt)
+        .with(text)
+        .with(json)
         .with(otel)
         .init();
     Ok(Telemetry { provider })

@@ -48,6 +48,12 @@ pub enum AdminError {
     Hash(#[from] HashError),
 }
 
+/// An admin change, as an audit event: `sub` (a user's id or a client id)
+/// and the name an operator knows it by.
+fn audit(event: &'static str, sub: &str, name: &str) {
+    tracing::info!(target: "tessera::audit", event, sub, name);
+}
+
 fn store_error(what: String) -> impl FnOnce(StoreError) -> AdminError {
     move |e| match e {
         StoreError::Conflict => AdminError::Exists(what),
@@ -107,6 +113,7 @@ impl Admin {
             .insert_user(&user, self.clock.now())
             .await
             .map_err(store_error(format!("user {}", user.username)))?;
+        audit("user_added", &user.id, user.username.as_str());
         Ok(user.id)
     }
 
@@ -115,11 +122,14 @@ impl Admin {
     /// revocation log that every replica follows.
     pub async fn disable_user(&self, username: &Username) -> Result<String, AdminError> {
         let now = self.clock.now();
-        self.store
+        let id = self
+            .store
             .disable_user(username, now, self.tokens.revocation_expiry(now))
             .await
             .map_err(AdminError::Store)?
-            .ok_or_else(|| AdminError::UnknownUser(username.to_string()))
+            .ok_or_else(|| AdminError::UnknownUser(username.to_string()))?;
+        audit("user_disabled", &id, username.as_str());
+        Ok(id)
     }
 
     /// Creates a client; returns its new secret (for a secret credential),
@@ -155,6 +165,7 @@ impl Admin {
             .insert_client(&client, self.clock.now())
             .await
             .map_err(store_error(format!("client {}", client.id)))?;
+        audit("client_added", client.id.as_str(), client.id.as_str());
         Ok(secret)
     }
 
@@ -186,6 +197,7 @@ impl Admin {
             .await
             .map_err(AdminError::Store)?;
         if found {
+            audit("client_disabled", id.as_str(), id.as_str());
             Ok(())
         } else {
             Err(AdminError::UnknownClient(id.to_string()))
@@ -230,6 +242,11 @@ impl Admin {
             RevocationKind::Session => self.store.revoke_session(&entry).await.map(drop),
             RevocationKind::Token => self.store.append_revocation(&entry).await,
         }
-        .map_err(AdminError::Store)
+        .map_err(AdminError::Store)?;
+        tracing::info!(
+            target: "tessera::audit", event = "revoked_by_operator",
+            kind = kind.as_str(), value,
+        );
+        Ok(())
     }
 }

@@ -68,8 +68,17 @@ impl Authority {
             random_id(),
         )?;
         let now = self.clock.now();
+        let audit = |tokens: &Tokens, sid: Option<&str>| {
+            tracing::info!(
+                target: "tessera::audit", event = "login_succeeded", grant,
+                sub = %principal.subject, client_id = %principal.client_id,
+                sid = sid.unwrap_or(""), jti = %tokens.jti, %peer,
+            );
+        };
         if !principal.is_user {
-            return self.mint(entitlement, None, now);
+            let tokens = self.mint(entitlement, None, now)?;
+            audit(&tokens, None);
+            return Ok(tokens);
         }
         let session = NewSession {
             sid: entitlement.sid.clone(),
@@ -83,6 +92,8 @@ impl Authority {
         if !self.store.create_session(&session, &stored).await? {
             return Err(AuthError::InvalidCredentials);
         }
-        self.mint(entitlement, Some(refresh_token), now)
+        let tokens = self.mint(entitlement, Some(refresh_token), now)?;
+        audit(&tokens, Some(&session.sid));
+        Ok(tokens)
     }
 }

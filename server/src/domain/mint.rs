@@ -41,6 +41,8 @@ pub struct Tokens {
     pub refresh_expires_in: i64,
     /// The granted scopes.
     pub scopes: ScopeSet,
+    /// The access token's `jti`, for the audit log.
+    pub jti: String,
 }
 
 impl Authority {
@@ -69,6 +71,7 @@ impl Authority {
                 .map(|x5t_s256| Confirmation { x5t_s256 }),
         };
         let access_token = self.keys.sign(&claims, now)?;
+        let jti = claims.jti;
         let refresh_expires_in = if refresh_token.is_some() {
             secs(self.settings.refresh_token_ttl)
         } else {
@@ -80,6 +83,7 @@ impl Authority {
             refresh_token,
             refresh_expires_in,
             scopes: entitlement.scopes,
+            jti,
         })
     }
 

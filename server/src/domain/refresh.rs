@@ -3,6 +3,8 @@
 //! the database's clock, so concurrent presentations of one token on any
 //! number of replicas get one consistent outcome.
 
+use std::net::IpAddr;
+
 use secrecy::{ExposeSecret, SecretString};
 use tracing::instrument;
 
@@ -24,7 +26,9 @@ impl Authority {
         &self,
         token: &SecretString,
         requested: &ScopeSet,
+        peer: Option<IpAddr>,
     ) -> Result<Tokens, AuthError> {
+        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
         let now = self.clock.now();
         let (refresh_token, successor) = self.new_successor(now);
         let exchange = self
@@ -47,17 +51,28 @@ impl Authority {
                     .scopes
                     .narrow(requested)
                     .map_err(AuthError::ScopeNotAllowed)?;
-                self.mint(
+                let tokens = self.mint(
                     session_entitlement(&record, scopes),
                     Some(refresh_token),
                     now,
-                )
+                )?;
+                tracing::info!(
+                    target: "tessera::audit", event = "token_refreshed",
+                    sub = %record.user_id, sid = %record.sid, jti = %tokens.jti, replay, %peer,
+                );
+                Ok(tokens)
             }
             Exchange::TheftDetected { record, revocation } => {
                 tracing::warn!(
                     sid = %record.sid,
                     sub = %record.user_id,
+                    user = %record.username,
+                    %peer,
                     "refresh token reused outside the grace window; its session is revoked"
+                );
+                tracing::info!(
+                    target: "tessera::audit", event = "refresh_reuse_detected",
+                    sub = %record.user_id, sid = %record.sid, %peer,
                 );
                 self.revocations.apply_local(&revocation);
                 Err(AuthError::InvalidGrant)

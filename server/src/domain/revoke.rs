@@ -1,5 +1,7 @@
 //! Revoke: RFC 7009. Possession of a token is the right to revoke it.
 
+use std::net::IpAddr;
+
 use tessera_token::REFRESH_TOKEN_PREFIX;
 use tracing::instrument;
 
@@ -12,8 +14,9 @@ impl Authority {
     /// revocation is durable and in force on this replica; unknown and
     /// invalid tokens are a silent success (no oracle).
     #[instrument(skip_all)]
-    pub(crate) async fn revoke(&self, token: &str) -> Result<(), AuthError> {
+    pub(crate) async fn revoke(&self, token: &str, peer: Option<IpAddr>) -> Result<(), AuthError> {
         let now = self.clock.now();
+        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
         if token.starts_with(REFRESH_TOKEN_PREFIX) {
             let record = self
                 .store
@@ -21,6 +24,10 @@ impl Authority {
                 .await?;
             if let Some(record) = record.filter(|r| r.state != RefreshTokenState::Revoked) {
                 self.revoke_session(&record.sid, now).await?;
+                tracing::info!(
+                    target: "tessera::audit", event = "session_revoked",
+                    sub = %record.user_id, sid = %record.sid, %peer,
+                );
             }
             return Ok(());
         }
@@ -38,6 +45,10 @@ impl Authority {
         };
         self.store.append_revocation(&entry).await?;
         self.revocations.apply_local(&entry);
+        tracing::info!(
+            target: "tessera::audit", event = "token_revoked",
+            sub = %claims.sub, client_id = %claims.client_id, jti = %claims.jti, %peer,
+        );
         Ok(())
     }
 }

@@ -40,13 +40,23 @@ pub(super) fn bearer_token(metadata: &MetadataMap) -> Result<Option<&str>, tonic
         .transpose()
 }
 
+/// The caller's address, when the transport recorded it.
+pub(super) fn peer_ip<T>(request: &tonic::Request<T>) -> Option<std::net::IpAddr> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .map(|peer| peer.remote_addr.ip())
+}
+
 /// An Issue request, validated, with the caller's address.
 pub(super) fn issue_command(
     request: tonic::Request<IssueRequest>,
 ) -> Result<IssueCommand, AuthError> {
-    let peer_info = request.extensions().get::<PeerInfo>().cloned();
-    let peer = peer_info.as_ref().map(|peer| peer.remote_addr.ip());
-    let certificate = peer_info.and_then(|peer| peer.client_certificate);
+    let peer = peer_ip(&request);
+    let certificate = request
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|peer| peer.client_certificate.clone());
     let request = request.into_inner();
     let credentials = match request.grant {
         None => {

@@ -10,7 +10,7 @@ use tessera::pb::{
 };
 use tonic::{Request, Response, Status};
 
-use super::convert::{bearer_token, issue_command, required_token};
+use super::convert::{bearer_token, issue_command, peer_ip, required_token};
 use crate::{
     domain::{AuthError, Authority},
     model::ScopeSet,
@@ -43,12 +43,13 @@ impl TokenService for TokenApi {
         &self,
         request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
+        let peer = peer_ip(&request);
         let request = request.into_inner();
         let token = required_token(request.refresh_token, "refresh_token is required")?;
         let scopes = ScopeSet::parse_list(&request.scopes).map_err(AuthError::from)?;
         let tokens = self
             .authority
-            .refresh(&SecretString::from(token), &scopes)
+            .refresh(&SecretString::from(token), &scopes, peer)
             .await?;
         Ok(Response::new(tokens.into()))
     }
@@ -57,8 +58,9 @@ impl TokenService for TokenApi {
         &self,
         request: Request<RevokeRequest>,
     ) -> Result<Response<RevokeResponse>, Status> {
+        let peer = peer_ip(&request);
         let token = required_token(request.into_inner().token, "token is required")?;
-        self.authority.revoke(&token).await?;
+        self.authority.revoke(&token, peer).await?;
         Ok(Response::new(RevokeResponse {}))
     }
 

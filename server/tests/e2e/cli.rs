@@ -701,3 +701,126 @@ fn jti_of(token: &str) -> String {
 fn sid_of(token: &str) -> String {
     claim_of(token, "sid")
 }
+
+#[tokio::test]
+async fn audit_events_are_json_lines_with_their_fields_and_never_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let secret = client_secret_of(&admin(d, &["client", "add", "billing", "--scope", "read"]));
+    let password = "a long password";
+    assert!(
+        run_with_stdin(
+            tessera(d).args(["user", "add", "alice", "--scope", "read"]),
+            &format!("{password}\n")
+        )
+        .status
+        .success()
+    );
+    let log_path = d.join("serve.log");
+    let mut server = tessera(d)
+        .args(["serve", "--listen-addr", "127.0.0.1:0"])
+        .env("TESSERA_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let addr = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("serving tessera.v1.TokenService"))
+        {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            break line["addr"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "serve did not start: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut api = TokenServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let login = |password: &str| {
+        issue(Grant::Password(PasswordGrant {
+            username: "alice".into(),
+            password: password.into(),
+        }))
+    };
+    let tokens = api.issue(login(password)).await.unwrap().into_inner();
+    api.issue(login("wrong password")).await.unwrap_err();
+    let refreshed = api
+        .refresh(tessera::pb::RefreshRequest {
+            refresh_token: tokens.refresh_token.clone(),
+            scopes: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let service = api
+        .issue(issue(Grant::ClientCredentials(ClientCredentialsGrant {
+            client_id: "billing".into(),
+            client_secret: secret.clone(),
+        })))
+        .await
+        .unwrap()
+        .into_inner();
+    for token in [&service.access_token, &refreshed.refresh_token] {
+        api.revoke(tessera::pb::RevokeRequest {
+            token: token.clone(),
+            token_type_hint: 0,
+        })
+        .await
+        .unwrap();
+    }
+    let disable = tessera(d)
+        .env("TESSERA_LOG_FORMAT", "json")
+        .args(["client", "disable", "billing"])
+        .output()
+        .unwrap();
+    assert!(disable.status.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = server.kill();
+    let _ = server.wait();
+
+    let log =
+        std::fs::read_to_string(&log_path).unwrap() + &String::from_utf8_lossy(&disable.stderr);
+    for secret in [
+        password,
+        secret.as_str(),
+        &tokens.access_token,
+        &tokens.refresh_token,
+        &refreshed.refresh_token,
+        &service.access_token,
+    ] {
+        assert!(!log.contains(secret), "a secret or token in the log");
+    }
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let event = |name: &str| -> serde_json::Value {
+        lines
+            .iter()
+            .find(|l| l["target"] == "tessera::audit" && l["event"] == name)
+            .unwrap_or_else(|| panic!("no {name} event in:\n{log}"))
+            .clone()
+    };
+    let sid = sid_of(&tokens.access_token);
+    let succeeded = event("login_succeeded");
+    assert_eq!(succeeded["sid"], sid.as_str());
+    assert_eq!(succeeded["peer"], "127.0.0.1");
+    assert_eq!(succeeded["jti"], jti_of(&tokens.access_token).as_str());
+    assert_eq!(event("login_failed")["peer"], "127.0.0.1");
+    assert_eq!(event("token_refreshed")["sid"], sid.as_str());
+    assert_eq!(
+        event("token_revoked")["jti"],
+        jti_of(&service.access_token).as_str()
+    );
+    assert_eq!(event("token_revoked")["client_id"], "billing");
+    assert_eq!(event("session_revoked")["sid"], sid.as_str());
+    assert_eq!(event("client_disabled")["sub"], "billing");
+    assert!(event("key_activated")["kid"].is_string());
+}
