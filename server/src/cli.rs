@@ -53,6 +53,19 @@ enum Command {
     /// Manage signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Ask a running server whether it is ready: exit 0 when it reports
+    /// SERVING (for probes and scripts), 1 otherwise.
+    Health {
+        /// The server's gRPC address; by default the configured listen address.
+        #[arg(long)]
+        addr: Option<String>,
+        /// Speak TLS, trusting this CA (PEM) for the server's certificate.
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
+    },
+    /// Print the effective settings (flags, environment and defaults), with
+    /// secrets redacted.
+    Config,
     /// Revoke tokens now, on every replica (exactly one of the options).
     #[command(group(clap::ArgGroup::new("what").required(true).multiple(false)))]
     Revoke {
@@ -175,6 +188,9 @@ pub enum CliError {
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// `tessera health`: the server is not ready, or did not answer.
+    #[error("{0} is not ready: {1}")]
+    NotServing(String, String),
     /// Reading the password failed.
     #[error("cannot read the password: {0}")]
     Io(#[from] std::io::Error),
@@ -197,6 +213,21 @@ impl Cli {
             }
             Command::User(command) => user(command, &settings, clock).await?,
             Command::Client(command) => client(command, &settings, clock).await?,
+            Command::Health { addr, ca } => {
+                let addr = addr.unwrap_or_else(|| settings.listen_addr.to_string());
+                let status = health(&addr, ca.as_deref()).await?;
+                if status != "SERVING" {
+                    return Err(CliError::NotServing(addr, status));
+                }
+                println!("{addr}: {status}");
+            }
+            Command::Config => {
+                println!(
+                    "database_url = {}",
+                    redact_url(settings.database_url.expose_secret())
+                );
+                println!("{settings:#?}");
+            }
             Command::Revoke {
                 subject,
                 session,
@@ -353,6 +384,63 @@ async fn client(
         }
     }
     Ok(())
+}
+
+/// The health status the server at `addr` reports, or why it did not answer.
+async fn health(addr: &str, ca: Option<&std::path::Path>) -> Result<String, CliError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| InvalidInput::new(format!("address {addr}: {e}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(3));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).map_err(|e| {
+            InvalidInput::new(format!("cannot read the CA file {}: {e}", ca.display()))
+        })?;
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+            .map_err(|e| InvalidInput::new(format!("TLS: {e}")))?;
+    }
+    let channel = match endpoint.connect().await {
+        Ok(channel) => channel,
+        Err(e) => {
+            // The innermost cause says most ("Connection refused").
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            return Ok(format!("no answer ({cause})"));
+        }
+    };
+    Ok(
+        match HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+        {
+            Ok(answer) => answer.into_inner().status().as_str_name().to_owned(),
+            Err(status) => format!("no answer ({})", status.message()),
+        },
+    )
+}
+
+/// A database URL with its password masked.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:****@{host}")
+            } else {
+                url.to_owned()
+            }
+        }
+        None => url.to_owned(),
+    }
 }
 
 async fn keys(command: KeysCommand, settings: &Settings, now: UnixTime) -> Result<(), CliError> {

@@ -824,3 +824,56 @@ async fn audit_events_are_json_lines_with_their_fields_and_never_a_secret() {
     assert_eq!(event("client_disabled")["sub"], "billing");
     assert!(event("key_activated")["kid"].is_string());
 }
+
+#[test]
+fn health_exits_zero_only_for_a_serving_server_and_config_redacts_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, addr) = serve(dir.path());
+    let ok = tessera(dir.path())
+        .args(["health", "--addr", &addr])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("SERVING"));
+    let _ = server.kill();
+    let _ = server.wait();
+    let down = tessera(dir.path())
+        .args(["health", "--addr", &addr])
+        .output()
+        .unwrap();
+    let error = one_line_error(&down);
+    assert!(
+        error.contains(&addr) && error.contains("not ready"),
+        "{error}"
+    );
+
+    let kek = tessera_server::Kek::generate_base64();
+    let config = tessera(dir.path())
+        .env(
+            "TESSERA_DATABASE_URL",
+            "postgres://tessera:db-pass-123@db.internal:5432/tessera",
+        )
+        .env("TESSERA_KEY_ENCRYPTION_KEY", kek.expose_secret())
+        .env("TESSERA_ACCESS_TOKEN_TTL", "7m")
+        .arg("config")
+        .output()
+        .unwrap();
+    assert!(config.status.success());
+    let out = String::from_utf8_lossy(&config.stdout);
+    assert!(
+        out.contains("postgres://tessera:****@db.internal:5432/tessera"),
+        "{out}"
+    );
+    assert!(
+        out.contains("420s"),
+        "the TTL from the environment is not shown: {out}"
+    );
+    assert!(
+        !out.contains("db-pass-123") && !out.contains(kek.expose_secret()),
+        "{out}"
+    );
+}
