@@ -132,6 +132,15 @@ enum ClientCommand {
         #[arg(long)]
         tls_cert_sha256: Option<String>,
     },
+    /// Give a client a new secret, printed alone on the last line; the old
+    /// one keeps working until the overlap ends (0s: at once).
+    RotateSecret {
+        /// Client id.
+        id: String,
+        /// How long the old secret keeps working.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        overlap: Duration,
+    },
     /// Disable a client and revoke every token it holds.
     Disable {
         /// Client id.
@@ -345,6 +354,19 @@ async fn client(
                     }
                 ),
             }
+        }
+        ClientCommand::RotateSecret { id, overlap } => {
+            let id = ClientId::parse(&id)?;
+            let secret = startup::open_admin(settings, clock)
+                .await?
+                .rotate_client_secret(&id, overlap)
+                .await?;
+            println!(
+                "new secret for client {id} on the next line (shown only now); the old one \
+                 works for {} more",
+                humantime::format_duration(overlap)
+            );
+            println!("{}", secret.expose_secret());
         }
         ClientCommand::Disable { id } => {
             let id = ClientId::parse(&id)?;

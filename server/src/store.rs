@@ -161,6 +161,9 @@ pub struct ClientRecord {
     pub audiences: Vec<Audience>,
     /// Disabled clients cannot get tokens.
     pub disabled: bool,
+    /// A replaced secret that still works until the given time (`client
+    /// rotate-secret --overlap`).
+    pub previous_secret: Option<(SecretHash, UnixTime)>,
 }
 
 /// A session: one password login and every refresh token rotated from it.
@@ -371,6 +374,16 @@ pub trait Store: Send + Sync + 'static {
         at: UnixTime,
         expires_at: UnixTime,
     ) -> Result<(), StoreError>;
+
+    /// Replaces a secret client's secret by `new`; the old one keeps working
+    /// until `old_valid_until`. False if there is no such client, or it
+    /// authenticates by certificate.
+    async fn rotate_client_secret(
+        &self,
+        id: &ClientId,
+        new: &SecretHash,
+        old_valid_until: UnixTime,
+    ) -> Result<bool, StoreError>;
 
     /// Enables a disabled client again; false if there is no such client.
     async fn enable_client(&self, id: &ClientId) -> Result<bool, StoreError>;

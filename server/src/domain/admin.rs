@@ -37,6 +37,12 @@ pub enum AdminError {
     /// No such client.
     #[error("no client {0} (`tessera client list` shows them)")]
     UnknownClient(String),
+    /// No such client with a secret.
+    #[error(
+        "no client {0} with a secret (`tessera client list` shows them; a client that \
+         authenticates by certificate has none to rotate)"
+    )]
+    NoSecret(String),
     /// A password shorter than the configured minimum.
     #[error("the password is shorter than {0} characters (TESSERA_PASSWORD_MIN_LENGTH)")]
     PasswordTooShort(usize),
@@ -160,6 +166,7 @@ impl Admin {
             scopes,
             audiences,
             disabled: false,
+            previous_secret: None,
         };
         self.store
             .insert_client(&client, self.clock.now())
@@ -248,5 +255,30 @@ impl Admin {
             kind = kind.as_str(), value,
         );
         Ok(())
+    }
+
+    /// Gives a secret client a new secret (returned, shown once); the old
+    /// one keeps working for `overlap`, so callers can be moved over without
+    /// an outage. A leaked secret: rotate with no overlap (or disable).
+    pub async fn rotate_client_secret(
+        &self,
+        id: &ClientId,
+        overlap: std::time::Duration,
+    ) -> Result<SecretString, AdminError> {
+        let secret = new_client_secret();
+        let until = self.clock.now().plus(overlap);
+        let rotated = self
+            .store
+            .rotate_client_secret(id, &SecretHash::of(secret.expose_secret()), until)
+            .await
+            .map_err(AdminError::Store)?;
+        if !rotated {
+            return Err(AdminError::NoSecret(id.to_string()));
+        }
+        tracing::info!(
+            target: "tessera::audit", event = "client_secret_rotated",
+            sub = id.as_str(), old_valid_until = until.as_secs(),
+        );
+        Ok(secret)
     }
 }

@@ -143,7 +143,14 @@ impl Authority {
                     Some(ClientCredential::Secret(hash)) => hash.clone(),
                     _ => SecretHash::of(&random_id()),
                 };
-                let matches = expected.matches(&presented);
+                // A rotated-out secret still works during its overlap; both
+                // comparisons are always made.
+                let now = self.clock.now();
+                let previous = match client.as_ref().and_then(|c| c.previous_secret.as_ref()) {
+                    Some((hash, until)) if *until > now => hash.clone(),
+                    _ => SecretHash::of(&random_id()),
+                };
+                let matches = expected.matches(&presented) | previous.matches(&presented);
                 client_principal(client.filter(|_| matches), None)
             }
             Credentials::ClientCertificate {

@@ -237,6 +237,8 @@ impl TryFrom<UserRow> for UserRecord {
 struct ClientRow {
     id: String,
     secret_hash: Vec<u8>,
+    previous_secret_hash: Option<Vec<u8>>,
+    previous_secret_expires_at: Option<i64>,
     tls_subject: Option<String>,
     tls_cert_sha256: Option<String>,
     scopes: String,
@@ -261,6 +263,12 @@ impl TryFrom<ClientRow> for ClientRecord {
             scopes: scopes(&row.scopes)?,
             audiences: audiences(&row.audiences)?,
             disabled: row.disabled_at.is_some(),
+            previous_secret: match (row.previous_secret_hash, row.previous_secret_expires_at) {
+                (Some(hash), Some(until)) => {
+                    Some((secret_hash(&hash)?, UnixTime::from_secs(until)))
+                }
+                _ => None,
+            },
         })
     }
 }
@@ -504,7 +512,8 @@ impl Store for SqlStore {
     #[tracing::instrument(name = "db.clients.find", skip_all)]
     async fn find_client(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
         sqlx::query_as::<_, ClientRow>(
-            "SELECT id, secret_hash, tls_subject, tls_cert_sha256, scopes, audiences, disabled_at \
+            "SELECT id, secret_hash, previous_secret_hash, previous_secret_expires_at, \
+             tls_subject, tls_cert_sha256, scopes, audiences, disabled_at \
              FROM clients WHERE id = $1",
         )
         .bind(id.as_str())
@@ -572,6 +581,26 @@ impl Store for SqlStore {
             .await
     }
 
+    #[tracing::instrument(name = "db.clients.rotate_secret", skip_all)]
+    async fn rotate_client_secret(
+        &self,
+        id: &ClientId,
+        new: &SecretHash,
+        old_valid_until: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE clients SET previous_secret_hash = secret_hash, \
+             previous_secret_expires_at = $3, secret_hash = $2 \
+             WHERE id = $1 AND tls_subject IS NULL AND tls_cert_sha256 IS NULL",
+        )
+        .bind(id.as_str())
+        .bind(new.as_bytes().to_vec())
+        .bind(old_valid_until.as_secs())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     #[tracing::instrument(name = "db.clients.enable", skip_all)]
     async fn enable_client(&self, id: &ClientId) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE clients SET disabled_at = NULL WHERE id = $1")
@@ -584,7 +613,8 @@ impl Store for SqlStore {
     #[tracing::instrument(name = "db.clients.all", skip_all)]
     async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
         sqlx::query_as::<_, ClientRow>(
-            "SELECT id, secret_hash, tls_subject, tls_cert_sha256, scopes, audiences, disabled_at \
+            "SELECT id, secret_hash, previous_secret_hash, previous_secret_expires_at, \
+             tls_subject, tls_cert_sha256, scopes, audiences, disabled_at \
              FROM clients ORDER BY id",
         )
         .fetch_all(&self.pool)

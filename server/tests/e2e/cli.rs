@@ -877,3 +877,53 @@ fn health_exits_zero_only_for_a_serving_server_and_config_redacts_secrets() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn a_rotated_client_secret_overlaps_with_the_old_one_until_the_overlap_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let old = client_secret_of(&admin(d, &["client", "add", "billing", "--scope", "read"]));
+    let (mut server, addr) = serve(d);
+    let mut api = TokenServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let grant = |secret: &str| {
+        issue(Grant::ClientCredentials(ClientCredentialsGrant {
+            client_id: "billing".into(),
+            client_secret: secret.into(),
+        }))
+    };
+    let said = admin(
+        d,
+        &["client", "rotate-secret", "billing", "--overlap", "2s"],
+    );
+    let new = client_secret_of(&said);
+    assert!(new.starts_with("tsc_") && new != old, "{said}");
+    // Both work during the overlap...
+    api.issue(grant(&new)).await.unwrap();
+    api.issue(grant(&old)).await.unwrap();
+    // ...then only the new one.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        api.issue(grant(&old)).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    api.issue(grant(&new)).await.unwrap();
+    // At once, for a leaked secret.
+    let newest = client_secret_of(&admin(
+        d,
+        &["client", "rotate-secret", "billing", "--overlap", "0s"],
+    ));
+    assert_eq!(
+        api.issue(grant(&new)).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    api.issue(grant(&newest)).await.unwrap();
+    let unknown = tessera(d)
+        .args(["client", "rotate-secret", "nobody"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&unknown).contains("no client nobody"));
+    let _ = server.kill();
+    let _ = server.wait();
+}
