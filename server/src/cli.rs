@@ -14,7 +14,7 @@ use tessera_token::Algorithm;
 
 use crate::{
     config::{Options, Settings, SettingsError},
-    domain::{AdminError, NewClientCredential},
+    domain::{AdminError, AdminUserChange, NewClientCredential},
     keys::{self, KeyRing, KeyState, key_states},
     model::{
         Audience, ClientId, Clock, InvalidInput, Password, RevocationKind, ScopeSet, SystemClock,
@@ -106,6 +106,26 @@ enum UserCommand {
         /// Login name.
         name: String,
     },
+    /// Set a user's password (read like `user add`'s) and revoke their
+    /// sessions and tokens.
+    SetPassword {
+        /// Login name.
+        name: String,
+    },
+    /// Replace a user's scopes and revoke their sessions and tokens (they
+    /// log in again under the new scopes).
+    SetScopes {
+        /// Login name.
+        name: String,
+        /// A scope the user may be granted (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// Delete a user, their sessions and tokens.
+    Delete {
+        /// Login name.
+        name: String,
+    },
     /// List users: name, sub, scopes, whether disabled.
     List,
 }
@@ -148,6 +168,11 @@ enum ClientCommand {
     },
     /// Enable a disabled client again (tokens revoked stay revoked).
     Enable {
+        /// Client id.
+        id: String,
+    },
+    /// Delete a client and revoke every token it holds.
+    Delete {
         /// Client id.
         id: String,
     },
@@ -288,6 +313,33 @@ async fn user(
             admin.disable_user(&username).await?;
             println!("disabled user {name}; their sessions and access tokens are revoked");
         }
+        UserCommand::SetPassword { name } => {
+            let username = Username::parse(&name)?;
+            let password = Password::parse(read_password(&name)?)?;
+            startup::open_admin(settings, clock)
+                .await?
+                .change_user(&username, AdminUserChange::Password(&password))
+                .await?;
+            println!("set the password of {name}; their sessions and tokens are revoked");
+        }
+        UserCommand::SetScopes { name, scopes } => {
+            let username = Username::parse(&name)?;
+            let scopes = ScopeSet::parse_list(&scopes)?;
+            let joined = scopes.joined();
+            startup::open_admin(settings, clock)
+                .await?
+                .change_user(&username, AdminUserChange::Scopes(scopes))
+                .await?;
+            println!("{name} may now be granted: {joined}; their sessions and tokens are revoked");
+        }
+        UserCommand::Delete { name } => {
+            let username = Username::parse(&name)?;
+            startup::open_admin(settings, clock)
+                .await?
+                .change_user(&username, AdminUserChange::Delete)
+                .await?;
+            println!("deleted user {name}; their sessions and tokens are revoked");
+        }
         UserCommand::Enable { name } => {
             let username = Username::parse(&name)?;
             startup::open_admin(settings, clock)
@@ -375,6 +427,14 @@ async fn client(
                 .disable_client(&id)
                 .await?;
             println!("disabled client {id}; every token it holds is revoked");
+        }
+        ClientCommand::Delete { id } => {
+            let id = ClientId::parse(&id)?;
+            startup::open_admin(settings, clock)
+                .await?
+                .delete_client(&id)
+                .await?;
+            println!("deleted client {id}; every token it held is revoked");
         }
         ClientCommand::Enable { id } => {
             let id = ClientId::parse(&id)?;

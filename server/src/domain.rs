@@ -34,7 +34,7 @@ mod revoke;
 mod settings;
 mod throttle;
 
-pub use admin::{Admin, AdminError, NewClientCredential};
+pub use admin::{Admin, AdminError, AdminUserChange, NewClientCredential};
 pub(crate) use authenticate::Credentials;
 pub(crate) use error::AuthError;
 pub use hashing::HashingSettings;

@@ -41,7 +41,8 @@ mod transport;
 pub use cli::{Cli, CliError};
 pub use config::{Options, Settings, SettingsError};
 pub use domain::{
-    Admin, AdminError, HashingSettings, NewClientCredential, ThrottleSettings, TokenSettings,
+    Admin, AdminError, AdminUserChange, HashingSettings, NewClientCredential, ThrottleSettings,
+    TokenSettings,
 };
 pub use follow::FollowSettings;
 pub use grpc::MAX_REQUEST_BYTES;
@@ -54,8 +55,8 @@ pub use model::{
 pub use startup::{Application, StartupError, load_kek, open_admin, open_store, shutdown_signal};
 pub use store::{
     Backend, ClientCredential, ClientRecord, Exchange, ExchangeRequest, NewRefreshToken,
-    NewSession, Pruned, RefreshTokenRecord, Store, StoreError, StoredKey, Successor, UserRecord,
-    connect as connect_store,
+    NewSession, Pruned, RefreshTokenRecord, Store, StoreError, StoredKey, Successor, UserChange,
+    UserRecord, connect as connect_store,
 };
 pub use telemetry::{Telemetry, TelemetryError, init as init_telemetry};
 pub use tessera_token::Algorithm;

@@ -135,6 +135,17 @@ pub struct UserRecord {
     pub disabled: bool,
 }
 
+/// A change to a user that ends their sessions.
+#[derive(Debug, Clone)]
+pub enum UserChange {
+    /// A new argon2id PHC string.
+    Password(String),
+    /// New scopes.
+    Scopes(ScopeSet),
+    /// Gone, with their sessions and refresh tokens.
+    Delete,
+}
+
 /// How a client proves who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientCredential {
@@ -349,6 +360,27 @@ pub trait Store: Send + Sync + 'static {
         at: UnixTime,
         expires_at: UnixTime,
     ) -> Result<Option<String>, StoreError>;
+
+    /// Changes a user and revokes every session and token of theirs, in one
+    /// transaction (a new password, new scopes or deletion must not leave
+    /// tokens granted under the old ones). Returns the user's id, or `None`
+    /// if unknown.
+    async fn change_user(
+        &self,
+        username: &Username,
+        change: &UserChange,
+        at: UnixTime,
+        expires_at: UnixTime,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Deletes a client and revokes every token it holds, in one
+    /// transaction; false if there is no such client.
+    async fn delete_client(
+        &self,
+        id: &ClientId,
+        at: UnixTime,
+        expires_at: UnixTime,
+    ) -> Result<bool, StoreError>;
 
     /// Enables a disabled user again; false if there is no such user. Their
     /// revoked sessions and tokens stay revoked.

@@ -11,7 +11,7 @@ use crate::{
         Audience, ClientId, Clock, Password, Revocation, RevocationKind, ScopeSet, SecretHash,
         Username, new_client_secret, random_id,
     },
-    store::{ClientCredential, ClientRecord, Store, StoreError, UserRecord},
+    store::{ClientCredential, ClientRecord, Store, StoreError, UserChange, UserRecord},
 };
 
 /// How a new client will authenticate.
@@ -281,4 +281,64 @@ impl Admin {
         );
         Ok(secret)
     }
+
+    /// Changes a user (a new password, new scopes, or deletion) and revokes
+    /// every session and token of theirs: they log in again under the new
+    /// terms.
+    pub async fn change_user(
+        &self,
+        username: &Username,
+        change: AdminUserChange<'_>,
+    ) -> Result<(), AdminError> {
+        let (change, event) = match change {
+            AdminUserChange::Password(password) => {
+                if password.chars() < self.password_min_length {
+                    return Err(AdminError::PasswordTooShort(self.password_min_length));
+                }
+                let hasher = PasswordHasher::new(&self.hashing)?;
+                (
+                    UserChange::Password(hasher.hash(password).await?),
+                    "user_password_set",
+                )
+            }
+            AdminUserChange::Scopes(scopes) => (UserChange::Scopes(scopes), "user_scopes_set"),
+            AdminUserChange::Delete => (UserChange::Delete, "user_deleted"),
+        };
+        let now = self.clock.now();
+        let id = self
+            .store
+            .change_user(username, &change, now, self.tokens.revocation_expiry(now))
+            .await
+            .map_err(AdminError::Store)?
+            .ok_or_else(|| AdminError::UnknownUser(username.to_string()))?;
+        audit(event, &id, username.as_str());
+        Ok(())
+    }
+
+    /// Deletes a client and revokes every token it holds.
+    pub async fn delete_client(&self, id: &ClientId) -> Result<(), AdminError> {
+        let now = self.clock.now();
+        if self
+            .store
+            .delete_client(id, now, self.tokens.revocation_expiry(now))
+            .await
+            .map_err(AdminError::Store)?
+        {
+            audit("client_deleted", id.as_str(), id.as_str());
+            Ok(())
+        } else {
+            Err(AdminError::UnknownClient(id.to_string()))
+        }
+    }
+}
+
+/// A change [`Admin::change_user`] makes.
+#[derive(Debug)]
+pub enum AdminUserChange<'a> {
+    /// A new password (checked against the minimum length, then hashed).
+    Password(&'a Password),
+    /// New scopes.
+    Scopes(ScopeSet),
+    /// Delete the user.
+    Delete,
 }

@@ -12,7 +12,7 @@ use sqlx::{Acquire, AnyConnection, AnyPool, FromRow};
 use super::{
     Backend, ChangeFeed, ClientCredential, ClientRecord, Exchange, ExchangeRequest,
     NewRefreshToken, NewSession, Pruned, RefreshTokenRecord, Store, StoreError, StoredKey,
-    UserRecord, group_commit::GroupCommit, postgres, sqlite,
+    UserChange, UserRecord, group_commit::GroupCommit, postgres, sqlite,
 };
 use crate::model::{
     Audience, ClientId, InvalidInput, Presentation, RefreshTokenState, Revocation, RevocationKind,
@@ -124,6 +124,27 @@ impl SqlStore {
         at: UnixTime,
         expires_at: UnixTime,
     ) -> Result<(), StoreError> {
+        self.revoke_sessions_in(conn, sub, at, expires_at).await?;
+        let entry = Revocation {
+            kind: RevocationKind::Subject,
+            value: sub.to_owned(),
+            at,
+            expires_at,
+        };
+        self.insert_revocation(conn, &entry).await
+    }
+
+    /// Inside the caller's transaction: revokes every session of user `sub`
+    /// and appends a revocation for each. Every token of a user belongs to
+    /// a session, so this ends them all, without the subject entry that
+    /// would also deny a token issued after it in the same second.
+    async fn revoke_sessions_in(
+        &self,
+        conn: &mut AnyConnection,
+        sub: &str,
+        at: UnixTime,
+        expires_at: UnixTime,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
         )
@@ -145,13 +166,7 @@ impl SqlStore {
         .bind(expires_at.as_secs())
         .execute(&mut *conn)
         .await?;
-        let entry = Revocation {
-            kind: RevocationKind::Subject,
-            value: sub.to_owned(),
-            at,
-            expires_at,
-        };
-        self.insert_revocation(conn, &entry).await
+        Ok(())
     }
 
     /// Serialises revocation log writers so log ids become visible in
@@ -579,6 +594,79 @@ impl Store for SqlStore {
     ) -> Result<(), StoreError> {
         self.write(async |conn| self.revoke_subject_in(conn, sub, at, expires_at).await)
             .await
+    }
+
+    #[tracing::instrument(name = "db.users.change", skip_all)]
+    async fn change_user(
+        &self,
+        username: &Username,
+        change: &UserChange,
+        at: UnixTime,
+        expires_at: UnixTime,
+    ) -> Result<Option<String>, StoreError> {
+        self.write(async |conn| {
+            let Some(id) =
+                sqlx::query_scalar::<_, String>("SELECT id FROM users WHERE username = $1")
+                    .bind(username.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await?
+            else {
+                return Ok(None);
+            };
+            // Sessions and their tokens first: revocations are logged by
+            // the sessions' rows, which a deletion then removes.
+            self.revoke_sessions_in(conn, &id, at, expires_at).await?;
+            match change {
+                UserChange::Password(hash) => {
+                    sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+                        .bind(&id)
+                        .bind(hash)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                UserChange::Scopes(scopes) => {
+                    sqlx::query("UPDATE users SET scopes = $2 WHERE id = $1")
+                        .bind(&id)
+                        .bind(scopes.joined())
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                UserChange::Delete => {
+                    for sql in [
+                        "DELETE FROM refresh_tokens WHERE sid IN \
+                         (SELECT sid FROM sessions WHERE user_id = $1)",
+                        "DELETE FROM sessions WHERE user_id = $1",
+                        "DELETE FROM users WHERE id = $1",
+                    ] {
+                        sqlx::query(sql).bind(&id).execute(&mut *conn).await?;
+                    }
+                }
+            }
+            Ok(Some(id))
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "db.clients.delete", skip_all)]
+    async fn delete_client(
+        &self,
+        id: &ClientId,
+        at: UnixTime,
+        expires_at: UnixTime,
+    ) -> Result<bool, StoreError> {
+        self.write(async |conn| {
+            let deleted = sqlx::query("DELETE FROM clients WHERE id = $1")
+                .bind(id.as_str())
+                .execute(&mut *conn)
+                .await?;
+            if deleted.rows_affected() == 0 {
+                return Ok(false);
+            }
+            self.revoke_subject_in(conn, id.as_str(), at, expires_at)
+                .await?;
+            Ok(true)
+        })
+        .await
     }
 
     #[tracing::instrument(name = "db.clients.rotate_secret", skip_all)]

@@ -927,3 +927,125 @@ async fn a_rotated_client_secret_overlaps_with_the_old_one_until_the_overlap_end
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[tokio::test]
+async fn set_password_set_scopes_and_delete_end_the_old_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let inspector = client_secret_of(&admin(
+        d,
+        &[
+            "client",
+            "add",
+            "inspector",
+            "--scope",
+            "tessera:introspect",
+        ],
+    ));
+    let billing = client_secret_of(&admin(d, &["client", "add", "billing", "--scope", "read"]));
+    let add = run_with_stdin(
+        tessera(d).args([
+            "user", "add", "alice", "--scope", "read", "--scope", "write",
+        ]),
+        "first password\n",
+    );
+    assert!(add.status.success());
+    let (mut server, addr) = serve(d);
+    let mut api = TokenServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let client = |id: &str, secret: &str| {
+        issue(Grant::ClientCredentials(ClientCredentialsGrant {
+            client_id: id.into(),
+            client_secret: secret.into(),
+        }))
+    };
+    let login = |password: &str| {
+        issue(Grant::Password(PasswordGrant {
+            username: "alice".into(),
+            password: password.into(),
+        }))
+    };
+    let bearer = api
+        .issue(client("inspector", &inspector))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+
+    let before = api
+        .issue(login("first password"))
+        .await
+        .unwrap()
+        .into_inner();
+    let set = run_with_stdin(
+        tessera(d).args(["user", "set-password", "alice"]),
+        "second password\n",
+    );
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    introspects(&mut api, &bearer, &before.access_token, false).await;
+    assert!(api.issue(login("first password")).await.is_err());
+    let after = api
+        .issue(login("second password"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.scopes, ["read", "write"]);
+    let short = run_with_stdin(
+        tessera(d).args(["user", "set-password", "alice"]),
+        "short\n",
+    );
+    assert!(one_line_error(&short).contains("shorter than 8"));
+
+    admin(d, &["user", "set-scopes", "alice", "--scope", "read"]);
+    introspects(&mut api, &bearer, &after.access_token, false).await;
+    let refused = api
+        .refresh(tessera::pb::RefreshRequest {
+            refresh_token: after.refresh_token,
+            scopes: Vec::new(),
+        })
+        .await;
+    assert!(
+        refused.is_err(),
+        "a session from before set-scopes still refreshes"
+    );
+    let narrowed = api
+        .issue(login("second password"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(narrowed.scopes, ["read"]);
+
+    admin(d, &["user", "delete", "alice"]);
+    introspects(&mut api, &bearer, &narrowed.access_token, false).await;
+    assert_eq!(
+        api.issue(login("second password"))
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::Unauthenticated
+    );
+    assert!(!admin(d, &["user", "list"]).contains("alice"));
+    let again = tessera(d)
+        .args(["user", "delete", "alice"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&again).contains("no user named alice"));
+
+    let token = api
+        .issue(client("billing", &billing))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    admin(d, &["client", "delete", "billing"]);
+    introspects(&mut api, &bearer, &token, false).await;
+    assert!(api.issue(client("billing", &billing)).await.is_err());
+    assert!(!admin(d, &["client", "list"]).contains("billing"));
+    let _ = server.kill();
+    let _ = server.wait();
+}
