@@ -196,6 +196,20 @@ enum KeysCommand {
     },
     /// List signing keys and where each is in its life.
     List,
+    /// Stop signing with a key now: a new key signs from now on, and this
+    /// one stays published until the tokens it signed expire. A key not
+    /// yet signing is withdrawn.
+    Retire {
+        /// Key id (`tessera keys list`).
+        kid: String,
+    },
+    /// Emergency (a leaked private key): unpublish the key and refuse every
+    /// token it signed, on every replica as soon as it re-reads the keys; a
+    /// new key signs from now on if this one was signing.
+    Revoke {
+        /// Key id (`tessera keys list`).
+        kid: String,
+    },
 }
 
 /// Why a command failed.
@@ -525,33 +539,111 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// Adds a key signing from `activates_at`, sealed under the deployment's
+/// key-encryption key, of `alg` or the deployment's algorithm.
+async fn new_key(
+    store: &Arc<dyn crate::store::Store>,
+    settings: &Settings,
+    now: UnixTime,
+    activates_at: UnixTime,
+    alg: Option<Algorithm>,
+) -> Result<(String, Algorithm, UnixTime), CliError> {
+    let backend =
+        Backend::of_url(settings.database_url.expose_secret()).ok_or(StoreError::UnsupportedUrl)?;
+    let kek = startup::load_kek(settings, backend)?;
+    // Loading first proves this key-encryption key opens the existing keys,
+    // so the new key is sealed under the one replicas use.
+    let ring = KeyRing::load(
+        &**store,
+        kek,
+        settings.signing_alg,
+        settings.key_retention(),
+        now,
+    )
+    .await?;
+    let alg = match alg {
+        Some(alg) => alg,
+        None => keys::deployment_algorithm(&**store)
+            .await?
+            .unwrap_or(settings.signing_alg),
+    };
+    let (kid, activates_at) = keys::add_key(&**store, ring.kek(), alg, now, activates_at).await?;
+    tracing::info!(
+        target: "tessera::audit", event = "key_rotated",
+        kid, %alg, activates_at = activates_at.as_secs(),
+    );
+    Ok((kid, alg, activates_at))
+}
+
+/// Where key `kid` is in its life, or an error naming it.
+async fn key_state(
+    store: &Arc<dyn crate::store::Store>,
+    kid: &str,
+    now: UnixTime,
+    retention: Duration,
+) -> Result<KeyState, CliError> {
+    let stored = store.signing_keys().await?;
+    let states = key_states(&stored, now, retention);
+    stored
+        .iter()
+        .zip(states)
+        .find(|(k, _)| k.kid == kid)
+        .map(|(_, state)| state)
+        .ok_or_else(|| {
+            InvalidInput::new(format!("no key {kid} (`tessera keys list` shows them)")).into()
+        })
+}
+
 async fn keys(command: KeysCommand, settings: &Settings, now: UnixTime) -> Result<(), CliError> {
     let store = startup::open_store(settings).await?;
     let retention = settings.key_retention();
     match command {
         KeysCommand::Rotate { activate_in, alg } => {
-            let backend = Backend::of_url(settings.database_url.expose_secret())
-                .ok_or(StoreError::UnsupportedUrl)?;
-            let kek = startup::load_kek(settings, backend)?;
-            // Loading first proves this key-encryption key opens the existing
-            // keys, so the new key is sealed under the one replicas use.
-            let ring = KeyRing::load(&*store, kek, settings.signing_alg, retention, now).await?;
-            let alg = match alg {
-                Some(alg) => alg,
-                None => keys::deployment_algorithm(&*store)
-                    .await?
-                    .unwrap_or(settings.signing_alg),
-            };
-            let (kid, activates_at) =
-                keys::add_key(&*store, ring.kek(), alg, now, now.plus(activate_in)).await?;
-            tracing::info!(
-                target: "tessera::audit", event = "key_rotated",
-                kid, %alg, activates_at = activates_at.as_secs(),
-            );
+            let (kid, alg, activates_at) =
+                new_key(&store, settings, now, now.plus(activate_in), alg).await?;
             println!(
                 "added {alg} key {kid}: published now, signing from {}",
                 format_time(activates_at)
             );
+        }
+        KeysCommand::Retire { kid } => {
+            let state = key_state(&store, &kid, now, retention).await?;
+            match state {
+                KeyState::Signing => {
+                    let (new, alg, _) = new_key(&store, settings, now, now, None).await?;
+                    tracing::info!(target: "tessera::audit", event = "key_retired", kid);
+                    println!(
+                        "retired key {kid}: {alg} key {new} signs from now; {kid} stays published \
+                         until the tokens it signed expire"
+                    );
+                }
+                KeyState::Next => {
+                    store.revoke_signing_key(&kid, now).await?;
+                    tracing::info!(target: "tessera::audit", event = "key_retired", kid);
+                    println!("withdrew key {kid}, which had not signed anything yet");
+                }
+                KeyState::Retiring(_) | KeyState::Expired => {
+                    println!("key {kid} no longer signs; nothing to do");
+                }
+            }
+        }
+        KeysCommand::Revoke { kid } => {
+            let state = key_state(&store, &kid, now, retention).await?;
+            // The replacement first, so a signer exists at every moment.
+            let replacement = if state == KeyState::Signing {
+                Some(new_key(&store, settings, now, now, None).await?)
+            } else {
+                None
+            };
+            store.revoke_signing_key(&kid, now).await?;
+            tracing::warn!(target: "tessera::audit", event = "key_revoked", kid);
+            println!(
+                "revoked key {kid}: unpublished, and every token it signed is refused as soon as \
+                 each replica re-reads the keys (at once on PostgreSQL, within a second on SQLite)"
+            );
+            if let Some((new, alg, _)) = replacement {
+                println!("{alg} key {new} signs from now");
+            }
         }
         KeysCommand::List => {
             let stored = store.signing_keys().await?;

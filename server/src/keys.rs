@@ -292,11 +292,10 @@ pub async fn deployment_algorithm(store: &dyn Store) -> Result<Option<Algorithm>
         .transpose()
 }
 
-/// Generates, seals and stores a new key that signs from `activates_at`, or
-/// from one second after the latest activation if that is later: keys are
-/// ordered by activation time, so a tie (a rotation in the same second as the
-/// previous one) would leave which key signs to chance. Returns the key id
-/// and its activation time.
+/// Generates, seals and stores a new key that signs from `activates_at`
+/// (one second later per key already activating in that same second: keys
+/// are ordered by activation time, so a tie would leave which key signs to
+/// chance). Returns the key id and its activation time.
 pub async fn add_key(
     store: &dyn Store,
     kek: &Kek,
@@ -304,15 +303,16 @@ pub async fn add_key(
     now: UnixTime,
     activates_at: UnixTime,
 ) -> Result<(String, UnixTime), KeyError> {
-    let latest = store
+    let taken: Vec<UnixTime> = store
         .signing_keys()
         .await?
         .iter()
         .map(|k| k.activates_at)
-        .max();
-    let activates_at = latest.map_or(activates_at, |l| {
-        activates_at.max(l.plus(Duration::from_secs(1)))
-    });
+        .collect();
+    let mut activates_at = activates_at;
+    while taken.contains(&activates_at) {
+        activates_at = activates_at.plus(Duration::from_secs(1));
+    }
     let kid = random_id();
     let generated = material::generate(alg, &kid).map_err(KeyError::Material)?;
     store

@@ -472,7 +472,11 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new signing key.
     async fn insert_signing_key(&self, key: &StoredKey) -> Result<(), StoreError>;
 
-    /// Every stored signing key, oldest activation first.
+    /// Takes a key out of service for good: no longer published, signing or
+    /// trusted once replicas re-read the keys. False if unknown or revoked.
+    async fn revoke_signing_key(&self, kid: &str, at: UnixTime) -> Result<bool, StoreError>;
+
+    /// Every signing key not revoked, oldest activation first.
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
 
     /// A push feed of changes, where the backend has one.

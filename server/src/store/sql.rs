@@ -955,13 +955,25 @@ impl Store for SqlStore {
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         Ok(sqlx::query_as::<_, KeyRow>(
             "SELECT kid, alg, public_jwk, private_key, created_at, activates_at \
-             FROM signing_keys ORDER BY activates_at, kid",
+             FROM signing_keys WHERE revoked_at IS NULL ORDER BY activates_at, kid",
         )
         .fetch_all(&self.pool)
         .await?
         .into_iter()
         .map(StoredKey::from)
         .collect())
+    }
+
+    #[tracing::instrument(name = "db.signing_keys.revoke", skip_all)]
+    async fn revoke_signing_key(&self, kid: &str, at: UnixTime) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE signing_keys SET revoked_at = $2 WHERE kid = $1 AND revoked_at IS NULL",
+        )
+        .bind(kid)
+        .bind(at.as_secs())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn database_time_ms(&self) -> Result<i64, StoreError> {

@@ -1049,3 +1049,111 @@ async fn set_password_set_scopes_and_delete_end_the_old_sessions() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// The `kid` in a token's header.
+fn kid_of(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_retired_key_stops_signing_and_a_revoked_key_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let inspector = client_secret_of(&admin(
+        d,
+        &[
+            "client",
+            "add",
+            "inspector",
+            "--scope",
+            "tessera:introspect",
+        ],
+    ));
+    let (mut server, addr) = serve(d);
+    let mut api = TokenServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let issue_token = || {
+        issue(Grant::ClientCredentials(ClientCredentialsGrant {
+            client_id: "inspector".into(),
+            client_secret: inspector.clone(),
+        }))
+    };
+    let first = api
+        .issue(issue_token())
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let first_kid = kid_of(&first);
+
+    // Retire: a new key signs at once; the old one's tokens stay good.
+    let said = admin(d, &["keys", "retire", &first_kid]);
+    assert!(said.contains(&format!("retired key {first_kid}")), "{said}");
+    let started = Instant::now();
+    let second = loop {
+        let token = api
+            .issue(issue_token())
+            .await
+            .unwrap()
+            .into_inner()
+            .access_token;
+        if kid_of(&token) != first_kid {
+            break token;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the retired key still signs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    introspects(&mut api, &second, &first, true).await;
+
+    // Revoke the new signer: its tokens are refused and it is unpublished;
+    // yet another key signs.
+    let second_kid = kid_of(&second);
+    admin(d, &["keys", "revoke", &second_kid]);
+    let bearer = loop {
+        let token = api
+            .issue(issue_token())
+            .await
+            .unwrap()
+            .into_inner()
+            .access_token;
+        if kid_of(&token) != second_kid {
+            break token;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the revoked key still signs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    introspects(&mut api, &bearer, &second, false).await;
+    introspects(&mut api, &bearer, &first, true).await;
+    let jwks = api
+        .get_jwks(tessera::pb::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jwks_json;
+    assert!(
+        !jwks.contains(&second_kid) && jwks.contains(&first_kid),
+        "{jwks}"
+    );
+    let list = admin(d, &["keys", "list"]);
+    assert!(!list.contains(&second_kid), "{list}");
+    let unknown = tessera(d)
+        .args(["keys", "revoke", "nope"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&unknown).contains("no key nope"));
+    let _ = server.kill();
+    let _ = server.wait();
+}
