@@ -230,13 +230,27 @@ pub struct Options {
 
     /// Key-encryption key for private signing keys at rest: base64 of 32
     /// random bytes (`openssl rand -base64 32`). Required with PostgreSQL.
+    /// Read from the environment, or from a file with
+    /// --key-encryption-key-file; the flag itself is hidden, as a key on a
+    /// command line shows in `ps`.
     #[arg(
         long,
         env = "TESSERA_KEY_ENCRYPTION_KEY",
         global = true,
+        hide = true,
         hide_env_values = true
     )]
     pub key_encryption_key: Option<String>,
+
+    /// A file holding the key-encryption key (as TESSERA_KEY_ENCRYPTION_KEY
+    /// does; a mounted secret, say).
+    #[arg(
+        long,
+        env = "TESSERA_KEY_ENCRYPTION_KEY_FILE",
+        global = true,
+        conflicts_with = "key_encryption_key"
+    )]
+    pub key_encryption_key_file: Option<PathBuf>,
 
     /// Address to serve gRPC on.
     #[arg(long, env = "TESSERA_LISTEN_ADDR", default_value = defaults::LISTEN_ADDR, global = true)]
@@ -391,7 +405,20 @@ impl Options {
             settings.database_url = SecretString::from(url.clone());
         }
         settings.database_max_connections = self.database_max_connections.max(1);
-        settings.key_encryption_key = self.key_encryption_key.clone().map(SecretString::from);
+        settings.key_encryption_key =
+            match (&self.key_encryption_key, &self.key_encryption_key_file) {
+                (Some(key), _) => Some(SecretString::from(key.clone())),
+                (None, Some(path)) => Some(SecretString::from(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| SettingsError {
+                            name: "TESSERA_KEY_ENCRYPTION_KEY_FILE",
+                            reason: format!("cannot read {}: {e}", path.display()),
+                        })?
+                        .trim()
+                        .to_owned(),
+                )),
+                (None, None) => None,
+            };
         settings.listen_addr = self.listen_addr;
         settings.tokens = TokenSettings {
             issuer: self.issuer.clone(),

@@ -1157,3 +1157,36 @@ async fn a_retired_key_stops_signing_and_a_revoked_key_is_refused_at_once() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn the_key_encryption_key_is_read_from_a_file_and_its_flag_is_not_advertised() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    admin(d, &["keys", "rotate"]);
+    let generated = d.join("key-encryption-key");
+    let with_file = |path: &std::path::Path| {
+        tessera(d)
+            .env("TESSERA_KEY_ENCRYPTION_KEY_FILE", path)
+            .args(["keys", "rotate"])
+            .output()
+            .unwrap()
+    };
+    assert!(with_file(&generated).status.success());
+    // Another key in the file: it cannot open the stored keys, so it is used.
+    let other = d.join("other-kek");
+    std::fs::write(
+        &other,
+        tessera_server::Kek::generate_base64().expose_secret(),
+    )
+    .unwrap();
+    assert!(!with_file(&other).status.success());
+    let missing = one_line_error(&with_file(&d.join("missing")));
+    assert!(
+        missing.contains("TESSERA_KEY_ENCRYPTION_KEY_FILE") && missing.contains("missing"),
+        "{missing}"
+    );
+    let help = tessera(d).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--key-encryption-key-file"));
+    assert!(!help.contains("--key-encryption-key <"), "{help}");
+}
