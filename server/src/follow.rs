@@ -115,10 +115,22 @@ impl DatabaseFollower {
                 Arc::clone(&self.clock),
             );
             crate::background::Background(tokio::spawn(async move {
+                let mut failing_since: Option<tokio::time::Instant> = None;
                 loop {
                     wake.notified().await;
-                    if let Err(e) = revocations.sync(&*store, clock.now()).await {
-                        tracing::warn!(error = %e, "cannot read the revocation log");
+                    match revocations.sync(&*store, clock.now()).await {
+                        Ok(_) => {
+                            if let Some(since) = failing_since.take() {
+                                tracing::info!(
+                                    down_for_ms = since.elapsed().as_millis(),
+                                    "the revocation log is readable again: following the database"
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            failing_since.get_or_insert_with(tokio::time::Instant::now);
+                            tracing::warn!(error = %e, "cannot read the revocation log");
+                        }
                     }
                 }
             }))

@@ -13,8 +13,9 @@ use tonic::{Request, Response, Status};
 use super::convert::{bearer_token, issue_command, peer_ip, required_token};
 use crate::{
     domain::{AuthError, Authority},
-    model::ScopeSet,
+    model::{InvalidInput, ScopeSet},
 };
+use tessera_token::REFRESH_TOKEN_PREFIX;
 
 /// The handlers; all state is in the [`Authority`].
 #[derive(Debug)]
@@ -46,6 +47,14 @@ impl TokenService for TokenApi {
         let peer = peer_ip(&request);
         let request = request.into_inner();
         let token = required_token(request.refresh_token, "refresh_token is required")?;
+        if !token.starts_with(REFRESH_TOKEN_PREFIX) {
+            // Says nothing about any real token: only what the field wants.
+            return Err(AuthError::from(InvalidInput::new(
+                "refresh_token is not a refresh token: they begin with tsr_ (the refreshToken \
+                 Issue returned); an access token cannot be refreshed",
+            ))
+            .into());
+        }
         let scopes = ScopeSet::parse_list(&request.scopes).map_err(AuthError::from)?;
         let tokens = self
             .authority

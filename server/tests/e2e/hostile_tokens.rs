@@ -440,3 +440,32 @@ async fn tokens_from_another_tessera_are_inactive() {
     let bearer = app.introspector_token().await;
     assert!(!app.introspect_with(&bearer, &foreign).await.unwrap().active);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_with_an_access_token_says_it_wants_a_refresh_token() {
+    let (app, _db) = spawn_app(Backend::Sqlite).await;
+    app.add_user("alice", "pw", &["read"]).await;
+    let tokens = app.login("alice", "pw").await.unwrap();
+    let status = app
+        .client
+        .clone()
+        .refresh(tessera::pb::RefreshRequest {
+            refresh_token: tokens.access_token,
+            scopes: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("tsr_"), "{status:?}");
+    // A refresh token that merely does not exist is still just refused.
+    let unknown = app
+        .client
+        .clone()
+        .refresh(tessera::pb::RefreshRequest {
+            refresh_token: "tsr_unknown".into(),
+            scopes: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::Unauthenticated);
+}
