@@ -64,6 +64,8 @@ pub struct Settings {
     pub key_encryption_key: Option<SecretString>,
     /// Address to serve gRPC on.
     pub listen_addr: SocketAddr,
+    /// Address of the HTTP listener (JWKS, metadata, probes); off when `None`.
+    pub http_addr: Option<SocketAddr>,
     /// Token names and lifetimes.
     pub tokens: TokenSettings,
     /// Algorithm of newly generated keys.
@@ -110,6 +112,7 @@ impl Settings {
             listen_addr: defaults::LISTEN_ADDR
                 .parse()
                 .expect("a valid default address"),
+            http_addr: None,
             tokens: TokenSettings {
                 issuer: defaults::ISSUER.to_owned(),
                 default_audience: Audience::parse(defaults::AUDIENCE)
@@ -255,6 +258,11 @@ pub struct Options {
     /// Address to serve gRPC on.
     #[arg(long, env = "TESSERA_LISTEN_ADDR", default_value = defaults::LISTEN_ADDR, global = true)]
     pub listen_addr: SocketAddr,
+
+    /// Address to serve HTTP on (the JWKS at /.well-known/jwks.json, RFC
+    /// 8414 metadata, /livez, /readyz); unset: no HTTP listener.
+    #[arg(long, env = "TESSERA_HTTP_ADDR", global = true)]
+    pub http_addr: Option<SocketAddr>,
 
     /// Issuer name written in `iss`.
     #[arg(long, env = "TESSERA_ISSUER", default_value = defaults::ISSUER, global = true)]
@@ -420,6 +428,7 @@ impl Options {
                 (None, None) => None,
             };
         settings.listen_addr = self.listen_addr;
+        settings.http_addr = self.http_addr;
         settings.tokens = TokenSettings {
             issuer: self.issuer.clone(),
             default_audience: Audience::parse(&self.default_audience).map_err(|e| {

@@ -29,6 +29,7 @@ mod config;
 mod domain;
 mod follow;
 mod grpc;
+mod http;
 mod keys;
 mod model;
 mod revocation;
@@ -46,6 +47,7 @@ pub use domain::{
 };
 pub use follow::FollowSettings;
 pub use grpc::MAX_REQUEST_BYTES;
+pub use http::JWKS_MAX_AGE;
 pub use keys::{Kek, KekError, KeyError, KeyState, add_key, deployment_algorithm, key_states};
 pub use model::{
     Audience, ClientCertificate, ClientId, Clock, ExchangeRules, InvalidInput, ManualClock,

@@ -14,6 +14,7 @@ use crate::{
     domain::{Admin, Authority, HashError, PasswordHasher},
     follow::{ClockCheck, DatabaseFollower},
     grpc::{self, DeadlineLayer, TokenApi},
+    http,
     keys::{self, Kek, KekError, KeyRing},
     model::Clock,
     revocation::RevocationState,
@@ -90,6 +91,8 @@ pub struct Application {
     authority: Arc<Authority>,
     health: HealthReporter,
     request_timeout: Duration,
+    /// Where the HTTP listener is, when there is one.
+    http_addr: Option<SocketAddr>,
     _background: Vec<Background>,
 }
 
@@ -179,13 +182,41 @@ impl Application {
             },
             source,
         })?;
-        // Ready is reported only once the port is ours.
+        let readiness = Arc::new(http::Readiness::starting());
+        let http_addr = match settings.http_addr {
+            None => None,
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartupError::Listen {
+                        addr,
+                        hint: if source.kind() == std::io::ErrorKind::AddrInUse {
+                            " (TESSERA_HTTP_ADDR is in use; choose another with --http-addr)"
+                        } else {
+                            ""
+                        },
+                        source,
+                    })?;
+                let (bound, task) = http::serve(
+                    listener,
+                    tls.as_ref().map(|t| t.acceptor().clone()),
+                    Arc::clone(&authority),
+                    Arc::clone(&readiness),
+                    settings.tokens.issuer.clone(),
+                )?;
+                background.push(task);
+                tracing::info!(addr = %bound, tls = tls.is_some(), "serving HTTP (JWKS, metadata, probes)");
+                Some(bound)
+            }
+        };
+        // Ready is reported only once the ports are ours.
         let (health, _) = tonic_health::server::health_reporter();
         background.push(Background(tokio::spawn(report_health(
             health.clone(),
             Arc::clone(&authority),
             clock_check,
             settings.follow.poll_interval,
+            readiness,
         ))));
         Ok(Self {
             listener,
@@ -193,8 +224,14 @@ impl Application {
             authority,
             health,
             request_timeout: settings.request_timeout,
+            http_addr,
             _background: background,
         })
+    }
+
+    /// The HTTP listener's bound address, when there is one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The bound address (useful with port 0).
@@ -436,6 +473,7 @@ async fn report_health(
     authority: Arc<Authority>,
     clock_check: Arc<ClockCheck>,
     every: Duration,
+    readiness: Arc<http::Readiness>,
 ) {
     let mut last = None;
     let mut tick = tokio::time::interval(every.min(Duration::from_millis(500)));
@@ -447,6 +485,7 @@ async fn report_health(
                 .push("this replica's clock differs from the database's by more than the leeway");
         }
         let ready = reasons.is_empty();
+        readiness.set(&reasons);
         if last != Some(ready) {
             let status = if ready {
                 ServingStatus::Serving

@@ -136,6 +136,8 @@ async fn create_postgres_database() -> String {
 pub(crate) struct TestApp {
     /// Where it listens.
     pub(crate) addr: SocketAddr,
+    /// Where its HTTP listener is, when `settings.http_addr` asked for one.
+    pub(crate) http_addr: Option<SocketAddr>,
     /// A client connected to it.
     pub(crate) client: TokenServiceClient<Channel>,
     /// Its clock; advance it to cross expiries and grace windows.
@@ -196,6 +198,7 @@ pub(crate) async fn spawn_app_on(
         .await
         .expect("the application starts");
     let addr = app.local_addr();
+    let http_addr = app.http_addr();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         app.run_until(async {
@@ -216,6 +219,7 @@ pub(crate) async fn spawn_app_on(
     );
     TestApp {
         addr,
+        http_addr,
         client,
         clock,
         settings,

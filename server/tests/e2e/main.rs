@@ -16,6 +16,7 @@ mod cli;
 mod client;
 mod deployment;
 mod faults;
+mod gateway;
 mod guessing;
 mod hostile_tokens;
 mod limits;
