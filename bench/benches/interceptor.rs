@@ -40,6 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ClientId::parse("bench")?,
             ScopeSet::parse_list(&["read"])?,
             Vec::new(),
+            ScopeSet::default(),
             NewClientCredential::Secret,
         )
         .await?

@@ -45,12 +45,19 @@ pub struct VerifiedClaims {
     /// For a certificate-bound token (RFC 8705): the base64url SHA-256 of
     /// the client certificate it may only be presented with.
     pub cnf_x5t_s256: Option<String>,
+    /// Roles (RFC 9068 §2.2.3.1 `roles`).
+    pub roles: Vec<String>,
 }
 
 impl VerifiedClaims {
     /// True when the token carries `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope)
+    }
+
+    /// True when the token carries `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
     }
 
     /// True unless the token is bound to a certificate other than the one
@@ -75,6 +82,7 @@ impl From<AccessClaims> for VerifiedClaims {
             jti: claims.jti,
             sid: claims.sid,
             cnf_x5t_s256: claims.cnf.map(|cnf| cnf.x5t_s256),
+            roles: claims.roles,
         }
     }
 }

@@ -68,6 +68,7 @@ async fn add_client(
             ClientId::parse(id)?,
             ScopeSet::parse_list(scopes)?,
             Vec::new(),
+            ScopeSet::default(),
             NewClientCredential::Secret,
         )
         .await?

@@ -95,6 +95,9 @@ enum UserCommand {
         /// An audience the user may ask for besides the default (repeatable).
         #[arg(long = "audience")]
         audiences: Vec<String>,
+        /// A role their tokens carry (`roles` claim; repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
     },
     /// Disable a user and revoke all their tokens.
     Disable {
@@ -121,6 +124,14 @@ enum UserCommand {
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
     },
+    /// Replace a user's roles and revoke their sessions and tokens.
+    SetRoles {
+        /// Login name.
+        name: String,
+        /// A role their tokens carry (repeatable; none: no roles).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
     /// Delete a user, their sessions and tokens.
     Delete {
         /// Login name.
@@ -142,6 +153,9 @@ enum ClientCommand {
         /// An audience the client may ask for besides the default (repeatable).
         #[arg(long = "audience")]
         audiences: Vec<String>,
+        /// A role its tokens carry (`roles` claim; repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
         /// Authenticate by a TLS client certificate naming this (a SPIFFE ID
         /// or DNS name) in its subjectAltName, instead of a secret (RFC 8705).
         #[arg(long, conflicts_with = "tls_cert_sha256")]
@@ -310,14 +324,16 @@ async fn user(
             name,
             scopes,
             audiences,
+            roles,
         } => {
             let username = Username::parse(&name)?;
             let scopes = ScopeSet::parse_list(&scopes)?;
+            let roles = parse_roles(&roles)?;
             let audiences = parse_audiences(&audiences)?;
             let password = Password::parse(read_password(&name)?)?;
             let admin = startup::open_admin(settings, clock).await?;
             let id = admin
-                .add_user(username, &password, scopes, audiences)
+                .add_user(username, &password, scopes, audiences, roles)
                 .await?;
             println!("created user {name} (sub {id})");
         }
@@ -345,6 +361,16 @@ async fn user(
                 .change_user(&username, AdminUserChange::Scopes(scopes))
                 .await?;
             println!("{name} may now be granted: {joined}; their sessions and tokens are revoked");
+        }
+        UserCommand::SetRoles { name, roles } => {
+            let username = Username::parse(&name)?;
+            let roles = parse_roles(&roles)?;
+            let joined = roles.joined();
+            startup::open_admin(settings, clock)
+                .await?
+                .change_user(&username, AdminUserChange::Roles(roles))
+                .await?;
+            println!("{name}'s roles are now: {joined}; their sessions and tokens are revoked");
         }
         UserCommand::Delete { name } => {
             let username = Username::parse(&name)?;
@@ -389,12 +415,14 @@ async fn client(
             id,
             scopes,
             audiences,
+            roles,
             tls_subject,
             tls_cert_sha256,
         } => {
             let id = ClientId::parse(&id)?;
             let scopes = ScopeSet::parse_list(&scopes)?;
             let audiences = parse_audiences(&audiences)?;
+            let roles = parse_roles(&roles)?;
             let credential = match (tls_subject, tls_cert_sha256) {
                 (Some(subject), _) => NewClientCredential::TlsSubject(subject),
                 (None, Some(sha256)) => NewClientCredential::TlsCertificate(parse_sha256(&sha256)?),
@@ -402,7 +430,7 @@ async fn client(
             };
             let admin = startup::open_admin(settings, clock).await?;
             match admin
-                .add_client(id.clone(), scopes, audiences, credential.clone())
+                .add_client(id.clone(), scopes, audiences, roles, credential.clone())
                 .await?
             {
                 Some(secret) => {
@@ -480,6 +508,11 @@ async fn client(
         }
     }
     Ok(())
+}
+
+/// Roles, validated as scope names are (an empty list: none).
+fn parse_roles(roles: &[String]) -> Result<ScopeSet, InvalidInput> {
+    ScopeSet::parse_list(roles)
 }
 
 /// The health status the server at `addr` reports, or why it did not answer.

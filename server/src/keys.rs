@@ -390,6 +390,7 @@ mod tests {
             scope: "read".into(),
             sid: "s".into(),
             cnf: None,
+            roles: Vec::new(),
         };
         let token = ring.sign(&claims, t0).unwrap();
         let rules = VerifyRules {

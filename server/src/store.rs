@@ -131,6 +131,8 @@ pub struct UserRecord {
     pub scopes: ScopeSet,
     /// Audiences the user may ask for besides the server default.
     pub audiences: Vec<Audience>,
+    /// Roles written into their tokens (`roles`).
+    pub roles: ScopeSet,
     /// Disabled users cannot log in or refresh.
     pub disabled: bool,
 }
@@ -142,6 +144,8 @@ pub enum UserChange {
     Password(String),
     /// New scopes.
     Scopes(ScopeSet),
+    /// New roles.
+    Roles(ScopeSet),
     /// Gone, with their sessions and refresh tokens.
     Delete,
 }
@@ -170,6 +174,8 @@ pub struct ClientRecord {
     pub scopes: ScopeSet,
     /// Audiences the client may ask for besides the server default.
     pub audiences: Vec<Audience>,
+    /// Roles written into its tokens (`roles`).
+    pub roles: ScopeSet,
     /// Disabled clients cannot get tokens.
     pub disabled: bool,
     /// A replaced secret that still works until the given time (`client
@@ -272,6 +278,8 @@ pub struct RefreshTokenRecord {
     pub audience: Audience,
     /// Scopes the token may be exchanged for.
     pub scopes: ScopeSet,
+    /// The user's roles now.
+    pub roles: ScopeSet,
     /// When it was issued.
     pub issued_at: UnixTime,
     /// When it stops being usable.

@@ -31,6 +31,9 @@ pub struct AccessClaims {
     /// certificate, and only good over a connection presenting it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// RFC 9068 §2.2.3.1 `roles`: a flat list, omitted when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
 }
 
 /// The `cnf` claim of a certificate-bound token (RFC 8705 §3.1).

@@ -219,6 +219,7 @@ mod tests {
             scope: "read".into(),
             sid: "s".into(),
             cnf: None,
+            roles: Vec::new(),
         }
     }
 

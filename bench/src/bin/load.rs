@@ -609,6 +609,7 @@ fn mint(key: &SigningKey, n: usize) -> Vec<String> {
                 scope: "read".into(),
                 sid: format!("s{i}"),
                 cnf: None,
+                roles: Vec::new(),
             })
             .unwrap()
         })

@@ -173,6 +173,7 @@ impl IntrospectionVerifier {
             jti: response.jti,
             sid: response.sid,
             cnf_x5t_s256: Some(response.cnf_x5t_s256).filter(|c| !c.is_empty()),
+            roles: response.roles,
         }))
     }
 }

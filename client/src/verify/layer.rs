@@ -26,12 +26,15 @@ const PUBLIC_PREFIXES: [&str; 3] = [
     "/grpc.reflection.v1alpha.ServerReflection/",
 ];
 
-/// Which scopes each method needs. A method with no rule (and no rule for
-/// its service) is refused: forgetting a rule must not open a method.
+/// Which scopes and roles each method needs. A method with no rule (and no
+/// rule for its service) is refused: forgetting a rule must not open a
+/// method.
 #[derive(Debug, Clone, Default)]
 pub struct ScopeRules {
     /// `/pkg.Service/Method` or `/pkg.Service/` → every scope required.
     rules: HashMap<String, Vec<String>>,
+    /// The same, for roles (RFC 9068 `roles`).
+    roles: HashMap<String, Vec<String>>,
 }
 
 impl ScopeRules {
@@ -52,14 +55,35 @@ impl ScopeRules {
         self
     }
 
+    /// `path` (a method or a whole service, as for [`Self::require`])
+    /// requires every role in `roles`, besides any scopes.
+    #[must_use]
+    pub fn require_roles<S: AsRef<str>>(mut self, path: &str, roles: &[S]) -> Self {
+        self.roles.insert(
+            path.to_owned(),
+            roles.iter().map(|s| s.as_ref().to_owned()).collect(),
+        );
+        self
+    }
+
     /// The scopes `path` needs; `None` when no rule covers it.
     fn required(&self, path: &str) -> Option<&[String]> {
-        if let Some(scopes) = self.rules.get(path) {
-            return Some(scopes);
-        }
-        let service = &path[..=path[1..].find('/').map_or(0, |i| i + 1)];
-        self.rules.get(service).map(Vec::as_slice)
+        lookup(&self.rules, path)
     }
+
+    /// The roles `path` needs; `None` when no role rule covers it.
+    fn required_roles(&self, path: &str) -> Option<&[String]> {
+        lookup(&self.roles, path)
+    }
+}
+
+/// The rule for a method, else for its service.
+fn lookup<'a>(rules: &'a HashMap<String, Vec<String>>, path: &str) -> Option<&'a [String]> {
+    if let Some(rule) = rules.get(path) {
+        return Some(rule);
+    }
+    let service = &path[..=path[1..].find('/').map_or(0, |i| i + 1)];
+    rules.get(service).map(Vec::as_slice)
 }
 
 /// Verifies bearer tokens and enforces [`ScopeRules`].
@@ -178,15 +202,31 @@ async fn authorize(
                 Status::unavailable("cannot verify the bearer token right now")
             }
         })?;
-    let required = rules
-        .required(path)
-        .ok_or_else(|| Status::permission_denied(format!("no access rule allows {path}")))?;
-    match required.iter().find(|s| !claims.has_scope(s)) {
-        Some(missing) => Err(Status::permission_denied(format!(
-            "{path} needs the scope {missing}"
-        ))),
-        None => Ok(claims),
+    let (scopes, roles) = (rules.required(path), rules.required_roles(path));
+    if scopes.is_none() && roles.is_none() {
+        return Err(Status::permission_denied(format!(
+            "no access rule allows {path}"
+        )));
     }
+    if let Some(missing) = scopes
+        .unwrap_or_default()
+        .iter()
+        .find(|s| !claims.has_scope(s))
+    {
+        return Err(Status::permission_denied(format!(
+            "{path} needs the scope {missing}"
+        )));
+    }
+    if let Some(missing) = roles
+        .unwrap_or_default()
+        .iter()
+        .find(|r| !claims.has_role(r))
+    {
+        return Err(Status::permission_denied(format!(
+            "{path} needs the role {missing}"
+        )));
+    }
+    Ok(claims)
 }
 
 #[cfg(test)]

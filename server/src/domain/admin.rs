@@ -102,6 +102,7 @@ impl Admin {
         password: &Password,
         scopes: ScopeSet,
         audiences: Vec<Audience>,
+        roles: ScopeSet,
     ) -> Result<String, AdminError> {
         if password.chars() < self.password_min_length {
             return Err(AdminError::PasswordTooShort(self.password_min_length));
@@ -113,6 +114,7 @@ impl Admin {
             username,
             scopes,
             audiences,
+            roles,
             disabled: false,
         };
         self.store
@@ -145,6 +147,7 @@ impl Admin {
         id: ClientId,
         scopes: ScopeSet,
         audiences: Vec<Audience>,
+        roles: ScopeSet,
         credential: NewClientCredential,
     ) -> Result<Option<SecretString>, AdminError> {
         let (secret, credential) = match credential {
@@ -165,6 +168,7 @@ impl Admin {
             id,
             scopes,
             audiences,
+            roles,
             disabled: false,
             previous_secret: None,
         };
@@ -302,6 +306,7 @@ impl Admin {
                 )
             }
             AdminUserChange::Scopes(scopes) => (UserChange::Scopes(scopes), "user_scopes_set"),
+            AdminUserChange::Roles(roles) => (UserChange::Roles(roles), "user_roles_set"),
             AdminUserChange::Delete => (UserChange::Delete, "user_deleted"),
         };
         let now = self.clock.now();
@@ -339,6 +344,8 @@ pub enum AdminUserChange<'a> {
     Password(&'a Password),
     /// New scopes.
     Scopes(ScopeSet),
+    /// New roles.
+    Roles(ScopeSet),
     /// Delete the user.
     Delete,
 }

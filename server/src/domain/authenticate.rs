@@ -56,6 +56,8 @@ pub(crate) struct Principal {
     /// For a client that authenticated by certificate: the certificate's
     /// `x5t#S256`, which its tokens are bound to (RFC 8705 §3).
     pub confirmation: Option<String>,
+    /// Roles its tokens carry.
+    pub roles: ScopeSet,
 }
 
 impl Credentials {
@@ -98,6 +100,7 @@ impl Principal {
             scopes,
             sid,
             confirmation: self.confirmation.clone(),
+            roles: self.roles.clone(),
         })
     }
 }
@@ -129,6 +132,7 @@ impl Authority {
                             scopes: user.scopes,
                             audiences: user.audiences,
                             confirmation: None,
+                            roles: user.roles,
                         })
                     }
                     _ => Err(AuthError::InvalidCredentials),
@@ -183,6 +187,7 @@ fn client_principal(
             scopes: client.scopes,
             audiences: client.audiences,
             confirmation,
+            roles: client.roles,
         }),
         _ => Err(AuthError::InvalidCredentials),
     }

@@ -53,6 +53,8 @@ pub struct TokenInfo {
     pub sid: String,
     /// `x5t#S256` of the certificate a bound token is bound to.
     pub cnf_x5t_s256: Option<String>,
+    /// Roles (access tokens).
+    pub roles: Vec<String>,
 }
 
 /// What Introspect reports.
@@ -83,6 +85,7 @@ impl From<&AccessClaims> for TokenInfo {
             jti: Some(c.jti.clone()),
             sid: c.sid.clone(),
             cnf_x5t_s256: c.cnf.as_ref().map(|cnf| cnf.x5t_s256.clone()),
+            roles: c.roles.clone(),
         }
     }
 }
@@ -147,6 +150,7 @@ impl Authority {
                         jti: None,
                         sid: r.sid,
                         cnf_x5t_s256: None,
+                        roles: Vec::new(),
                     })
                 }
                 _ => Introspection::Inactive,

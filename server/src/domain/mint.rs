@@ -26,6 +26,8 @@ pub(crate) struct Entitlement {
     pub sid: String,
     /// `cnf.x5t#S256`: the client certificate the token is bound to.
     pub confirmation: Option<String>,
+    /// `roles`.
+    pub roles: ScopeSet,
 }
 
 /// What Issue and Refresh return.
@@ -69,6 +71,7 @@ impl Authority {
             cnf: entitlement
                 .confirmation
                 .map(|x5t_s256| Confirmation { x5t_s256 }),
+            roles: entitlement.roles.iter().map(str::to_owned).collect(),
         };
         let access_token = self.keys.sign(&claims, now)?;
         let jti = claims.jti;

@@ -92,5 +92,6 @@ fn session_entitlement(record: &RefreshTokenRecord, scopes: ScopeSet) -> Entitle
         scopes,
         sid: record.sid.clone(),
         confirmation: None,
+        roles: record.roles.clone(),
     }
 }

@@ -154,6 +154,7 @@ impl From<Introspection> for IntrospectResponse {
             jti: info.jti.unwrap_or_default(),
             sid: info.sid,
             cnf_x5t_s256: info.cnf_x5t_s256.unwrap_or_default(),
+            roles: info.roles,
         }
     }
 }

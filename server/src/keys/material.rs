@@ -88,6 +88,7 @@ mod tests {
             scope: String::new(),
             sid: "s".into(),
             cnf: None,
+            roles: Vec::new(),
         };
         let rules = VerifyRules {
             issuer: "i".into(),

@@ -230,6 +230,7 @@ struct UserRow {
     password_hash: String,
     scopes: String,
     audiences: String,
+    roles: String,
     disabled_at: Option<i64>,
 }
 
@@ -242,6 +243,7 @@ impl TryFrom<UserRow> for UserRecord {
             id: row.id,
             password_hash: row.password_hash,
             scopes: scopes(&row.scopes)?,
+            roles: scopes(&row.roles)?,
             audiences: audiences(&row.audiences)?,
             disabled: row.disabled_at.is_some(),
         })
@@ -254,6 +256,7 @@ struct ClientRow {
     secret_hash: Vec<u8>,
     previous_secret_hash: Option<Vec<u8>>,
     previous_secret_expires_at: Option<i64>,
+    roles: String,
     tls_subject: Option<String>,
     tls_cert_sha256: Option<String>,
     scopes: String,
@@ -276,6 +279,7 @@ impl TryFrom<ClientRow> for ClientRecord {
             id: ClientId::parse(&row.id).map_err(corrupt("client id"))?,
             credential,
             scopes: scopes(&row.scopes)?,
+            roles: scopes(&row.roles)?,
             audiences: audiences(&row.audiences)?,
             disabled: row.disabled_at.is_some(),
             previous_secret: match (row.previous_secret_hash, row.previous_secret_expires_at) {
@@ -291,7 +295,7 @@ impl TryFrom<ClientRow> for ClientRecord {
 /// A refresh token's columns, with its session, user and current successor.
 const REFRESH_TOKEN_COLUMNS: &str = "t.sid, t.scopes, t.issued_at, t.expires_at, t.spent_at_ms, \
      t.replays, t.superseded_at, t.successor, n.spent_at_ms AS successor_spent_at_ms, \
-     s.user_id, s.audience, s.revoked_at, u.username, u.disabled_at";
+     s.user_id, s.audience, s.revoked_at, u.username, u.disabled_at, u.roles";
 const REFRESH_TOKEN_FROM: &str = "FROM refresh_tokens t \
      JOIN sessions s ON s.sid = t.sid \
      JOIN users u ON u.id = s.user_id \
@@ -314,6 +318,7 @@ struct RefreshTokenRow {
     revoked_at: Option<i64>,
     username: String,
     disabled_at: Option<i64>,
+    roles: String,
 }
 
 impl RefreshTokenRow {
@@ -344,6 +349,7 @@ impl TryFrom<RefreshTokenRow> for RefreshTokenRecord {
             username: Username::parse(&row.username).map_err(corrupt("username"))?,
             audience: Audience::parse(&row.audience).map_err(corrupt("audience"))?,
             scopes: scopes(&row.scopes)?,
+            roles: scopes(&row.roles)?,
             issued_at: UnixTime::from_secs(row.issued_at),
             expires_at: UnixTime::from_secs(row.expires_at),
             sid: row.sid,
@@ -417,8 +423,8 @@ impl Store for SqlStore {
     #[tracing::instrument(name = "db.users.insert", skip_all)]
     async fn insert_user(&self, user: &UserRecord, now: UnixTime) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO users (id, username, password_hash, scopes, audiences, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO users (id, username, password_hash, scopes, audiences, created_at, roles) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&user.id)
         .bind(user.username.as_str())
@@ -426,6 +432,7 @@ impl Store for SqlStore {
         .bind(user.scopes.joined())
         .bind(join_audiences(&user.audiences))
         .bind(now.as_secs())
+        .bind(user.roles.joined())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -434,7 +441,7 @@ impl Store for SqlStore {
     #[tracing::instrument(name = "db.users.find", skip_all)]
     async fn find_user(&self, username: &Username) -> Result<Option<UserRecord>, StoreError> {
         sqlx::query_as::<_, UserRow>(
-            "SELECT id, username, password_hash, scopes, audiences, disabled_at \
+            "SELECT id, username, password_hash, scopes, audiences, roles, disabled_at \
              FROM users WHERE username = $1",
         )
         .bind(username.as_str())
@@ -509,8 +516,8 @@ impl Store for SqlStore {
             ),
         };
         sqlx::query(
-            "INSERT INTO clients (id, secret_hash, tls_subject, tls_cert_sha256, scopes, audiences, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO clients (id, secret_hash, tls_subject, tls_cert_sha256, scopes, audiences, \
+             created_at, roles) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(client.id.as_str())
         .bind(secret_hash.as_bytes().to_vec())
@@ -519,6 +526,7 @@ impl Store for SqlStore {
         .bind(client.scopes.joined())
         .bind(join_audiences(&client.audiences))
         .bind(now.as_secs())
+        .bind(client.roles.joined())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -527,7 +535,7 @@ impl Store for SqlStore {
     #[tracing::instrument(name = "db.clients.find", skip_all)]
     async fn find_client(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
         sqlx::query_as::<_, ClientRow>(
-            "SELECT id, secret_hash, previous_secret_hash, previous_secret_expires_at, \
+            "SELECT id, secret_hash, previous_secret_hash, previous_secret_expires_at, roles, \
              tls_subject, tls_cert_sha256, scopes, audiences, disabled_at \
              FROM clients WHERE id = $1",
         )
@@ -550,7 +558,7 @@ impl Store for SqlStore {
     #[tracing::instrument(name = "db.users.all", skip_all)]
     async fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
         sqlx::query_as::<_, UserRow>(
-            "SELECT id, username, password_hash, scopes, audiences, disabled_at \
+            "SELECT id, username, password_hash, scopes, audiences, roles, disabled_at \
              FROM users ORDER BY username",
         )
         .fetch_all(&self.pool)
@@ -631,6 +639,13 @@ impl Store for SqlStore {
                         .execute(&mut *conn)
                         .await?;
                 }
+                UserChange::Roles(roles) => {
+                    sqlx::query("UPDATE users SET roles = $2 WHERE id = $1")
+                        .bind(&id)
+                        .bind(roles.joined())
+                        .execute(&mut *conn)
+                        .await?;
+                }
                 UserChange::Delete => {
                     for sql in [
                         "DELETE FROM refresh_tokens WHERE sid IN \
@@ -701,7 +716,7 @@ impl Store for SqlStore {
     #[tracing::instrument(name = "db.clients.all", skip_all)]
     async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
         sqlx::query_as::<_, ClientRow>(
-            "SELECT id, secret_hash, previous_secret_hash, previous_secret_expires_at, \
+            "SELECT id, secret_hash, previous_secret_hash, previous_secret_expires_at, roles, \
              tls_subject, tls_cert_sha256, scopes, audiences, disabled_at \
              FROM clients ORDER BY id",
         )

@@ -1190,3 +1190,46 @@ fn the_key_encryption_key_is_read_from_a_file_and_its_flag_is_not_advertised() {
     assert!(help.contains("--key-encryption-key-file"));
     assert!(!help.contains("--key-encryption-key <"), "{help}");
 }
+
+#[tokio::test]
+async fn roles_are_assigned_with_role_and_replaced_with_set_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let add = run_with_stdin(
+        tessera(d).args(["user", "add", "bob", "--scope", "read", "--role", "admin"]),
+        "a long password\n",
+    );
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let (mut server, addr) = serve(d);
+    let mut api = TokenServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let login = || {
+        issue(Grant::Password(PasswordGrant {
+            username: "bob".into(),
+            password: "a long password".into(),
+        }))
+    };
+    let roles_of = |token: &str| {
+        use base64::Engine;
+        let payload = token.split('.').nth(1).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["roles"].clone()
+    };
+    let first = api.issue(login()).await.unwrap().into_inner().access_token;
+    assert_eq!(roles_of(&first), serde_json::json!(["admin"]));
+    admin(d, &["user", "set-roles", "bob", "--role", "auditor"]);
+    let second = api.issue(login()).await.unwrap().into_inner().access_token;
+    assert_eq!(roles_of(&second), serde_json::json!(["auditor"]));
+    admin(d, &["user", "set-roles", "bob"]);
+    let third = api.issue(login()).await.unwrap().into_inner().access_token;
+    assert!(roles_of(&third).is_null(), "no roles: the claim is omitted");
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -454,3 +454,90 @@ async fn the_verify_layer_enforces_scopes_per_method_and_passes_claims_to_handle
         Code::PermissionDenied
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_travel_in_the_token_introspection_and_both_verifiers_and_gate_methods() {
+    use tessera_server::{Password, ScopeSet, Username};
+    let db = TestDatabase::new(Backend::Sqlite).await;
+    let app = spawn_app_on(&db, |_| {}).await;
+    app.admin
+        .add_user(
+            Username::parse("boss").unwrap(),
+            &Password::parse(SecretString::from("pw")).unwrap(),
+            ScopeSet::parse_list(&["orders:read"]).unwrap(),
+            Vec::new(),
+            ScopeSet::parse_list(&["admin", "auditor"]).unwrap(),
+        )
+        .await
+        .unwrap();
+    app.add_user("staff", "pw", &["orders:read"]).await;
+    let boss = app.login("boss", "pw").await.unwrap();
+    let staff = app.login("staff", "pw").await.unwrap().access_token;
+
+    // In the JWT as RFC 9068 `roles`, omitted when there are none.
+    let payload = |token: &str| -> serde_json::Value {
+        use base64::Engine;
+        let part = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        payload(&boss.access_token)["roles"],
+        serde_json::json!(["admin", "auditor"])
+    );
+    assert!(payload(&staff).get("roles").is_none());
+    // Introspect reports them; a refreshed token keeps them.
+    let bearer = app.introspector_token().await;
+    let answer = app
+        .introspect_with(&bearer, &boss.access_token)
+        .await
+        .unwrap();
+    assert_eq!(answer.roles, ["admin", "auditor"]);
+    let refreshed = app.refresh(&boss.refresh_token).await.unwrap().access_token;
+    assert_eq!(
+        payload(&refreshed)["roles"],
+        serde_json::json!(["admin", "auditor"])
+    );
+
+    let introspection: Arc<dyn Verifier> = Arc::new(app.introspection_verifier(|_| {}).await);
+    let jwks: Arc<dyn Verifier> = Arc::new(app.jwks_verifier(|_| {}));
+    for verifier in [introspection, jwks] {
+        assert_eq!(
+            verifier.verify(&boss.access_token).await.unwrap().roles,
+            ["admin", "auditor"]
+        );
+        assert!(verifier.verify(&staff).await.unwrap().roles.is_empty());
+        let rules = ScopeRules::new()
+            .require("/shop.v1.Orders/", &["orders:read"])
+            .require_roles("/shop.v1.Orders/Refund", &["admin"]);
+        let handler = tower::service_fn(|_: http::Request<tonic::body::Body>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        let service = VerifyLayer::new(verifier, rules).layer(handler);
+        let call = |path: &'static str, bearer: String| {
+            let service = service.clone();
+            async move {
+                let request = http::Request::builder()
+                    .uri(format!("http://orders{path}"))
+                    .header("authorization", format!("Bearer {bearer}"))
+                    .body(tonic::body::Body::empty())
+                    .unwrap();
+                let response = service.oneshot(request).await.unwrap();
+                tonic::Status::from_header_map(response.headers()).map_or(Code::Ok, |s| s.code())
+            }
+        };
+        assert_eq!(
+            call("/shop.v1.Orders/Refund", boss.access_token.clone()).await,
+            Code::Ok
+        );
+        assert_eq!(
+            call("/shop.v1.Orders/Refund", staff.clone()).await,
+            Code::PermissionDenied
+        );
+        assert_eq!(call("/shop.v1.Orders/Get", staff.clone()).await, Code::Ok);
+    }
+}

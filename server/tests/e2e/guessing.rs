@@ -140,6 +140,7 @@ async fn a_password_shorter_than_the_minimum_is_refused() {
             &Password::parse("1234567".into()).unwrap(),
             ScopeSet::parse_list(&["read"]).unwrap(),
             Vec::new(),
+            ScopeSet::default(),
         )
         .await
         .unwrap_err();
@@ -150,6 +151,7 @@ async fn a_password_shorter_than_the_minimum_is_refused() {
             &Password::parse("12345678".into()).unwrap(),
             ScopeSet::parse_list(&["read"]).unwrap(),
             Vec::new(),
+            ScopeSet::default(),
         )
         .await
         .unwrap();
@@ -185,6 +187,7 @@ async fn a_password_hashed_with_older_parameters_is_rehashed_at_login() {
             &Password::parse("correct horse".into()).unwrap(),
             ScopeSet::parse_list(&["read"]).unwrap(),
             Vec::new(),
+            ScopeSet::default(),
         )
         .await
         .unwrap();

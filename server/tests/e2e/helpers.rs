@@ -240,6 +240,7 @@ impl TestApp {
                 &Password::parse(SecretString::from(password)).unwrap(),
                 ScopeSet::parse_list(scopes).unwrap(),
                 Vec::new(),
+                ScopeSet::default(),
             )
             .await
             .expect("add user")
@@ -276,6 +277,7 @@ impl TestApp {
                     .iter()
                     .map(|a| Audience::parse(a).unwrap())
                     .collect(),
+                ScopeSet::default(),
                 credential,
             )
             .await

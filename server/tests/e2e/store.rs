@@ -38,6 +38,7 @@ fn user(name: &str) -> UserRecord {
         password_hash: "$argon2id$stub".into(),
         scopes: ScopeSet::parse_list(&["read"]).unwrap(),
         audiences: vec![Audience::parse("api").unwrap()],
+        roles: ScopeSet::parse_list(&["admin"]).unwrap(),
         disabled: false,
     }
 }
