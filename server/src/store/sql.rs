@@ -114,6 +114,37 @@ impl SqlStore {
         row.map(RefreshTokenRecord::try_from).transpose()
     }
 
+    /// Disables (or with `delete`, deletes) a client and revokes every
+    /// token it holds, in one transaction. False when there is no such
+    /// client.
+    async fn end_client(
+        &self,
+        delete: bool,
+        id: &ClientId,
+        at: UnixTime,
+        expires_at: UnixTime,
+    ) -> Result<bool, StoreError> {
+        self.write(async |conn| {
+            let statement = if delete {
+                sqlx::query("DELETE FROM clients WHERE id = $1").bind(id.as_str())
+            } else {
+                sqlx::query(
+                    "UPDATE clients SET disabled_at = COALESCE(disabled_at, $2) WHERE id = $1",
+                )
+                .bind(id.as_str())
+                .bind(at.as_secs())
+            };
+            let touched = statement.execute(&mut *conn).await?;
+            if touched.rows_affected() == 0 {
+                return Ok(false);
+            }
+            self.revoke_subject_in(conn, id.as_str(), at, expires_at)
+                .await?;
+            Ok(true)
+        })
+        .await
+    }
+
     /// Inside the caller's transaction: revokes every session of subject
     /// `sub` (a user's id; a client has none) and appends a revocation for
     /// each of those sessions and for the subject.
@@ -575,22 +606,7 @@ impl Store for SqlStore {
         at: UnixTime,
         expires_at: UnixTime,
     ) -> Result<bool, StoreError> {
-        self.write(async |conn| {
-            let found = sqlx::query(
-                "UPDATE clients SET disabled_at = COALESCE(disabled_at, $2) WHERE id = $1",
-            )
-            .bind(id.as_str())
-            .bind(at.as_secs())
-            .execute(&mut *conn)
-            .await?;
-            if found.rows_affected() == 0 {
-                return Ok(false);
-            }
-            self.revoke_subject_in(conn, id.as_str(), at, expires_at)
-                .await?;
-            Ok(true)
-        })
-        .await
+        self.end_client(false, id, at, expires_at).await
     }
 
     #[tracing::instrument(name = "db.subjects.revoke", skip_all)]
@@ -669,19 +685,7 @@ impl Store for SqlStore {
         at: UnixTime,
         expires_at: UnixTime,
     ) -> Result<bool, StoreError> {
-        self.write(async |conn| {
-            let deleted = sqlx::query("DELETE FROM clients WHERE id = $1")
-                .bind(id.as_str())
-                .execute(&mut *conn)
-                .await?;
-            if deleted.rows_affected() == 0 {
-                return Ok(false);
-            }
-            self.revoke_subject_in(conn, id.as_str(), at, expires_at)
-                .await?;
-            Ok(true)
-        })
-        .await
+        self.end_client(true, id, at, expires_at).await
     }
 
     #[tracing::instrument(name = "db.clients.rotate_secret", skip_all)]
