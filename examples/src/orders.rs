@@ -61,6 +61,7 @@ async fn add_client(
     settings: &Settings,
     id: &str,
     scopes: &[&str],
+    roles: &[&str],
 ) -> Result<SecretString, Box<dyn std::error::Error>> {
     let admin = open_admin(settings, Arc::new(SystemClock)).await?;
     Ok(admin
@@ -68,7 +69,7 @@ async fn add_client(
             ClientId::parse(id)?,
             ScopeSet::parse_list(scopes)?,
             Vec::new(),
-            ScopeSet::default(),
+            ScopeSet::parse_list(roles)?,
             NewClientCredential::Secret,
         )
         .await?
@@ -101,8 +102,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tessera = Application::build(settings.clone(), Arc::new(SystemClock)).await?;
     let tessera_endpoint = Endpoint::from_shared(format!("http://{}", tessera.local_addr()))?;
     tokio::spawn(tessera.run_until(std::future::pending()));
-    let orders_secret = add_client(&settings, "orders-service", &["tessera:introspect"]).await?;
-    let storefront_secret = add_client(&settings, "storefront", &["orders:read"]).await?;
+    let orders_secret =
+        add_client(&settings, "orders-service", &["tessera:introspect"], &[]).await?;
+    let storefront_secret = add_client(&settings, "storefront", &["orders:read"], &[]).await?;
+    let backoffice_secret = add_client(
+        &settings,
+        "backoffice",
+        &["orders:read", "orders:write"],
+        &["clerk"],
+    )
+    .await?;
     println!("tessera listening on {}", tessera_endpoint.uri());
 
     // 2. The Orders service: every call's token is checked through Introspect,
@@ -119,7 +128,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let rules = ScopeRules::new()
         .require("/shop.v1.Orders/Get", &["orders:read"])
-        .require("/shop.v1.Orders/Create", &["orders:write"]);
+        .require("/shop.v1.Orders/Create", &["orders:write"])
+        // Creating also takes the `clerk` role (the RFC 9068 `roles` claim).
+        .require_roles("/shop.v1.Orders/Create", &["clerk"]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let orders_addr = listener.local_addr()?;
     tokio::spawn(
@@ -154,6 +165,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .expect_err("storefront lacks orders:write");
     println!("Create(43) -> {:?}: {}", denied.code(), denied.message());
+
+    // 4. The back office has the scope and the `clerk` role: it may create.
+    let backoffice = client_source(&tessera_endpoint, "backoffice", backoffice_secret)?;
+    backoffice.ready().await?;
+    let auth = AuthInterceptor::new(&backoffice, &orders_endpoint, &Transport::default())?;
+    let mut orders = OrdersClient::with_interceptor(orders_endpoint.connect().await?, auth);
+    let created = orders
+        .create(Order {
+            id: "43".into(),
+            item: "kettle".into(),
+            seen_caller: String::new(),
+        })
+        .await?
+        .into_inner();
+    println!(
+        "Create(43) by a clerk -> {} for caller {:?}",
+        created.item, created.seen_caller
+    );
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
 }
