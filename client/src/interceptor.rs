@@ -1,6 +1,13 @@
 //! Attaching tokens to outgoing calls: [`AuthInterceptor`] for tonic's
 //! synchronous interceptor slot (never waits), and [`AuthLayer`] for a
 //! channel that should wait for the first token instead of failing.
+//!
+//! Both also propagate the current trace: the `tracing` span's OpenTelemetry
+//! context goes out as W3C `traceparent`/`tracestate`, through the global
+//! propagator (set one, e.g. `opentelemetry_sdk`'s
+//! `TraceContextPropagator`, with
+//! `opentelemetry::global::set_text_map_propagator`; the default sends
+//! nothing), so Tessera's spans and the callee's join the caller's trace.
 
 use std::{
     future::Future,
@@ -49,6 +56,7 @@ impl Interceptor for AuthInterceptor {
                 request
                     .metadata_mut()
                     .insert("authorization", token.header().clone());
+                inject_trace_context(request.metadata_mut().as_mut());
                 Ok(request)
             }
             None => Err(Status::unavailable(
@@ -119,6 +127,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let source = self.source.clone();
+        // The caller's span is current here, not inside the future.
+        inject_trace_context(request.headers_mut());
         Box::pin(async move {
             let token = match source.current() {
                 Some(token) => token,
@@ -135,4 +145,27 @@ where
             inner.call(request).await.map_err(Into::into)
         })
     }
+}
+
+/// Writes the current span's trace context into `headers` (W3C
+/// `traceparent`, through the global propagator).
+fn inject_trace_context(headers: &mut http::HeaderMap) {
+    use opentelemetry::propagation::Injector;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    struct Headers<'a>(&'a mut http::HeaderMap);
+    impl Injector for Headers<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(key.as_bytes()),
+                http::HeaderValue::from_str(&value),
+            ) {
+                self.0.insert(name, value);
+            }
+        }
+    }
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut Headers(headers));
+    });
 }

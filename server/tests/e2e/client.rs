@@ -541,3 +541,48 @@ async fn roles_travel_in_the_token_introspection_and_both_verifiers_and_gate_met
         assert_eq!(call("/shop.v1.Orders/Get", staff.clone()).await, Code::Ok);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_interceptor_sends_the_callers_trace_as_traceparent() {
+    use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+    use tonic::service::Interceptor as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let db = TestDatabase::new(Backend::Sqlite).await;
+    let app = spawn_app_on(&db, |_| {}).await;
+    app.add_user("svc", "pw", &["read"]).await;
+    let source = source(&app, password("svc", "pw"), SourceConfig::default());
+    source.ready().await.unwrap();
+    let mut auth = AuthInterceptor::new(&source, &endpoint(&app), &Transport::default()).unwrap();
+
+    // The application's tracing setup: OpenTelemetry behind `tracing`, and
+    // the W3C propagator.
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let (request, trace_id) = tracing::subscriber::with_default(subscriber, || {
+        let span = tracing::info_span!("checkout");
+        let _entered = span.enter();
+        let trace_id = span.context().span().span_context().trace_id().to_string();
+        (auth.call(tonic::Request::new(())).unwrap(), trace_id)
+    });
+    let traceparent = request
+        .metadata()
+        .get("traceparent")
+        .expect("a traceparent")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        traceparent.starts_with(&format!("00-{trace_id}-")),
+        "{traceparent} is not in trace {trace_id}"
+    );
+    assert!(request.metadata().get("authorization").is_some());
+    // Outside any span, nothing is invented.
+    let bare = auth.call(tonic::Request::new(())).unwrap();
+    assert!(bare.metadata().get("traceparent").is_none());
+}
