@@ -1,7 +1,7 @@
 //! The HTTP listener for gateways and operators (`TESSERA_HTTP_ADDR`): the
 //! JWK Set at a URL (with `Cache-Control` and `ETag`, so Envoy, Istio,
 //! PyJWKClient and `jose.createRemoteJWKSet` can point at it), RFC 8414
-//! metadata, and liveness/readiness for probes. Over TLS when the gRPC
+//! metadata, Prometheus metrics, and liveness/readiness for probes. Over TLS when the gRPC
 //! listener has it. axum routes on hyper, as tonic itself does.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -86,6 +86,15 @@ pub(crate) fn serve(
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/livez", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    crate::metrics::metrics().render(),
+                )
+            }),
+        )
         .route("/readyz", get(readyz))
         .with_state(shared);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));

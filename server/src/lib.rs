@@ -31,6 +31,7 @@ mod follow;
 mod grpc;
 mod http;
 mod keys;
+mod metrics;
 mod model;
 mod revocation;
 mod startup;

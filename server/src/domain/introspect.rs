@@ -6,7 +6,10 @@ use tessera_token::{AccessClaims, INTROSPECT_SCOPE, REFRESH_TOKEN_PREFIX, Reject
 use tracing::instrument;
 
 use super::{AuthError, Authority, PASSWORD_GRANT_CLIENT_ID};
-use crate::model::SecretHash;
+use crate::{
+    metrics::{label, metrics},
+    model::SecretHash,
+};
 
 /// Proof that an Introspect caller was authorized: [`Authority::introspect`]
 /// takes one, and only [`Authority::authorize_introspection`] makes one, so
@@ -67,6 +70,15 @@ pub enum Introspection {
     Inactive,
     /// Active, with what is known of it.
     Active(TokenInfo),
+}
+
+/// Counts an answer in `tessera_introspections_total`.
+fn count(answer: &Introspection) {
+    let result = match answer {
+        Introspection::Active(_) => "active",
+        Introspection::Inactive => "inactive",
+    };
+    metrics().introspections.add(1, &label("result", result));
 }
 
 impl From<&AccessClaims> for TokenInfo {
@@ -134,7 +146,7 @@ impl Authority {
                 .store
                 .find_refresh_token(&SecretHash::of(token))
                 .await?;
-            return Ok(match record {
+            let answer = match record {
                 Some(r) if r.state.is_active() && r.expires_at > now => {
                     Introspection::Active(TokenInfo {
                         kind: TokenKind::Refresh,
@@ -154,13 +166,17 @@ impl Authority {
                     })
                 }
                 _ => Introspection::Inactive,
-            });
+            };
+            count(&answer);
+            return Ok(answer);
         }
-        Ok(match self.verify_access_token(token, now) {
+        let answer = match self.verify_access_token(token, now) {
             Some(claims) if !self.is_revoked(&claims) => {
                 Introspection::Active(claims.as_ref().into())
             }
             _ => Introspection::Inactive,
-        })
+        };
+        count(&answer);
+        Ok(answer)
     }
 }

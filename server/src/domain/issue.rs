@@ -2,10 +2,12 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use opentelemetry::KeyValue;
 use tracing::instrument;
 
 use super::{AuthError, Authority, Credentials, Tokens, throttle::Refusal};
 use crate::{
+    metrics::{label, metrics},
     model::{Audience, ScopeSet, random_id},
     store::NewSession,
 };
@@ -39,6 +41,7 @@ impl Authority {
         let peer = command.peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let _admitted = self.throttle.admit(&account, peer, hashes).await.map_err(|refusal| {
             tracing::info!(target: "tessera::audit", event = "login_throttled", grant, account, %peer);
+            metrics().logins_throttled.add(1, &[]);
             match refusal {
                 Refusal::Delayed(wait) => AuthError::Throttled(wait),
                 Refusal::Busy => AuthError::Busy,
@@ -51,6 +54,13 @@ impl Authority {
             }
             Err(AuthError::InvalidCredentials) => {
                 tracing::info!(target: "tessera::audit", event = "login_failed", grant, account, %peer);
+                metrics().auth_failures.add(
+                    1,
+                    &[
+                        KeyValue::new("grant", grant),
+                        KeyValue::new("reason", "invalid_credentials"),
+                    ],
+                );
                 if let Some(delay) = self.throttle.failed(&account, peer) {
                     tracing::warn!(
                         account, %peer, delay_secs = delay.as_secs(),
@@ -69,6 +79,7 @@ impl Authority {
         )?;
         let now = self.clock.now();
         let audit = |tokens: &Tokens, sid: Option<&str>| {
+            metrics().tokens_issued.add(1, &label("grant", grant));
             tracing::info!(
                 target: "tessera::audit", event = "login_succeeded", grant,
                 sub = %principal.subject, client_id = %principal.client_id,

@@ -10,6 +10,7 @@ use tracing::instrument;
 
 use super::{AuthError, Authority, Entitlement, PASSWORD_GRANT_CLIENT_ID, Tokens};
 use crate::{
+    metrics::{label, metrics},
     model::{ScopeSet, SecretHash},
     store::{Exchange, ExchangeRequest, RefreshTokenRecord},
 };
@@ -42,6 +43,13 @@ impl Authority {
                 theft_revocation_expires_at: self.settings.revocation_expiry(now),
             })
             .await?;
+        let outcome = match &exchange {
+            Exchange::Issued { replay: false, .. } => "rotated",
+            Exchange::Issued { replay: true, .. } => "grace",
+            Exchange::TheftDetected { .. } => "reuse_detected",
+            Exchange::ScopeNotAllowed(_) | Exchange::Refused => "rejected",
+        };
+        metrics().refreshes.add(1, &label("outcome", outcome));
         match exchange {
             Exchange::Issued { record, replay } => {
                 if replay {

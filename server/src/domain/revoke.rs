@@ -6,6 +6,7 @@ use tessera_token::REFRESH_TOKEN_PREFIX;
 use tracing::instrument;
 
 use super::{AuthError, Authority};
+use crate::metrics::{label, metrics};
 use crate::model::{RefreshTokenState, Revocation, RevocationKind, SecretHash, UnixTime};
 
 impl Authority {
@@ -24,6 +25,7 @@ impl Authority {
                 .await?;
             if let Some(record) = record.filter(|r| r.state != RefreshTokenState::Revoked) {
                 self.revoke_session(&record.sid, now).await?;
+                metrics().revocations.add(1, &label("kind", "session"));
                 tracing::info!(
                     target: "tessera::audit", event = "session_revoked",
                     sub = %record.user_id, sid = %record.sid, %peer,
@@ -45,6 +47,7 @@ impl Authority {
         };
         self.store.append_revocation(&entry).await?;
         self.revocations.apply_local(&entry);
+        metrics().revocations.add(1, &label("kind", "token"));
         tracing::info!(
             target: "tessera::audit", event = "token_revoked",
             sub = %claims.sub, client_id = %claims.client_id, jti = %claims.jti, %peer,

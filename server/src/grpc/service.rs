@@ -11,8 +11,11 @@ use tessera::pb::{
 use tonic::{Request, Response, Status};
 
 use super::convert::{bearer_token, issue_command, peer_ip, required_token};
+use tokio::time::Instant;
+
 use crate::{
     domain::{AuthError, Authority},
+    metrics::metrics,
     model::{InvalidInput, ScopeSet},
 };
 use tessera_token::REFRESH_TOKEN_PREFIX;
@@ -29,9 +32,65 @@ impl TokenApi {
     }
 }
 
+/// Records `result`'s duration and code in `tessera_rpc_duration_seconds`.
+fn timed<T>(
+    method: &'static str,
+    started: Instant,
+    result: Result<T, Status>,
+) -> Result<T, Status> {
+    let code = result
+        .as_ref()
+        .map_or_else(Status::code, |_| tonic::Code::Ok);
+    metrics().rpc(method, started, code);
+    result
+}
+
 #[tonic::async_trait]
 impl TokenService for TokenApi {
     async fn issue(
+        &self,
+        request: Request<IssueRequest>,
+    ) -> Result<Response<IssueResponse>, Status> {
+        timed("Issue", Instant::now(), self.issue_call(request).await)
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<RefreshRequest>,
+    ) -> Result<Response<RefreshResponse>, Status> {
+        timed("Refresh", Instant::now(), self.refresh_call(request).await)
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<RevokeRequest>,
+    ) -> Result<Response<RevokeResponse>, Status> {
+        timed("Revoke", Instant::now(), self.revoke_call(request).await)
+    }
+
+    async fn introspect(
+        &self,
+        request: Request<IntrospectRequest>,
+    ) -> Result<Response<IntrospectResponse>, Status> {
+        timed(
+            "Introspect",
+            Instant::now(),
+            self.introspect_call(request).await,
+        )
+    }
+
+    async fn get_jwks(
+        &self,
+        _request: Request<GetJwksRequest>,
+    ) -> Result<Response<GetJwksResponse>, Status> {
+        Ok(Response::new(GetJwksResponse {
+            jwks_json: self.authority.jwks_json(),
+        }))
+    }
+}
+
+impl TokenApi {
+    async fn issue_call(
         &self,
         request: Request<IssueRequest>,
     ) -> Result<Response<IssueResponse>, Status> {
@@ -40,7 +99,7 @@ impl TokenService for TokenApi {
         Ok(Response::new(tokens.into()))
     }
 
-    async fn refresh(
+    async fn refresh_call(
         &self,
         request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
@@ -63,7 +122,7 @@ impl TokenService for TokenApi {
         Ok(Response::new(tokens.into()))
     }
 
-    async fn revoke(
+    async fn revoke_call(
         &self,
         request: Request<RevokeRequest>,
     ) -> Result<Response<RevokeResponse>, Status> {
@@ -73,7 +132,7 @@ impl TokenService for TokenApi {
         Ok(Response::new(RevokeResponse {}))
     }
 
-    async fn introspect(
+    async fn introspect_call(
         &self,
         request: Request<IntrospectRequest>,
     ) -> Result<Response<IntrospectResponse>, Status> {
@@ -82,14 +141,5 @@ impl TokenService for TokenApi {
         let token = required_token(request.into_inner().token, "token is required")?;
         let answer = self.authority.introspect(permit, &token).await?;
         Ok(Response::new(answer.into()))
-    }
-
-    async fn get_jwks(
-        &self,
-        _request: Request<GetJwksRequest>,
-    ) -> Result<Response<GetJwksResponse>, Status> {
-        Ok(Response::new(GetJwksResponse {
-            jwks_json: self.authority.jwks_json(),
-        }))
     }
 }

@@ -133,3 +133,108 @@ async fn a_jwt_library_verifies_tokens_with_the_jwks_url_and_caching_headers_wor
     .unwrap();
     assert_eq!(probes, (200, 200, 404));
 }
+
+/// The sum of the samples of `name` whose labels include `labels`, in a
+/// Prometheus text exposition.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_move_with_the_calls_that_should_move_them() {
+    let db = TestDatabase::new(Backend::Sqlite).await;
+    let app = spawn_app_on(&db, |s| s.http_addr = Some("127.0.0.1:0".parse().unwrap())).await;
+    let http = app.http_addr.unwrap();
+    let scrape = || async move {
+        let (status, headers, body) =
+            tokio::task::spawn_blocking(move || get(http, "/metrics", &[]))
+                .await
+                .unwrap();
+        assert_eq!(status, 200);
+        assert!(header(&headers, "content-type").starts_with("text/plain"));
+        body
+    };
+    app.add_user("alice", "pw", &["read"]).await;
+    let before = scrape().await;
+
+    let tokens = app.login("alice", "pw").await.unwrap();
+    assert!(app.login("alice", "wrong").await.is_err());
+    let bearer = app.introspector_token().await;
+    assert!(
+        app.introspect_with(&bearer, &tokens.access_token)
+            .await
+            .unwrap()
+            .active
+    );
+    assert!(
+        !app.introspect_with(&bearer, "garbage.garbage.garbage")
+            .await
+            .unwrap()
+            .active
+    );
+    let refreshed = app.refresh(&tokens.refresh_token).await.unwrap();
+    app.client
+        .clone()
+        .revoke(tessera::pb::RevokeRequest {
+            token: refreshed.refresh_token,
+            token_type_hint: 0,
+        })
+        .await
+        .unwrap();
+
+    let after = scrape().await;
+    // Every line is a comment or `name{labels} value`.
+    for line in after
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "not a sample: {line}");
+    }
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels) - sample(&before, name, labels)
+    };
+    assert!(
+        moved("tessera_tokens_issued_total", &[("grant", "password")]) >= 1.0,
+        "{after}"
+    );
+    assert!(
+        moved(
+            "tessera_tokens_issued_total",
+            &[("grant", "client_credentials")]
+        ) >= 1.0
+    );
+    assert!(
+        moved(
+            "tessera_auth_failures_total",
+            &[("grant", "password"), ("reason", "invalid_credentials")]
+        ) >= 1.0
+    );
+    assert!(moved("tessera_introspections_total", &[("result", "active")]) >= 1.0);
+    assert!(moved("tessera_introspections_total", &[("result", "inactive")]) >= 1.0);
+    assert!(moved("tessera_refreshes_total", &[("outcome", "rotated")]) >= 1.0);
+    assert!(moved("tessera_revocations_total", &[("kind", "session")]) >= 1.0);
+    assert!(
+        moved(
+            "tessera_rpc_duration_seconds_count",
+            &[("method", "Introspect"), ("code", "OK")]
+        ) >= 2.0
+    );
+    assert!(
+        moved(
+            "tessera_rpc_duration_seconds_count",
+            &[("method", "Issue"), ("code", "UNAUTHENTICATED")]
+        ) >= 1.0
+    );
+    // No user or client names as labels.
+    assert!(!after.contains("alice"));
+}
