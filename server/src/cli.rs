@@ -71,13 +71,13 @@ enum Command {
     Revoke {
         /// Every token of this subject (a user's `sub`, or a client id)
         /// issued until now, and the user's sessions.
-        #[arg(long, group = "what")]
+        #[arg(long, group = "what", allow_hyphen_values = true)]
         subject: Option<String>,
         /// A session (`sid`): its refresh tokens and access tokens.
-        #[arg(long, group = "what")]
+        #[arg(long, group = "what", allow_hyphen_values = true)]
         session: Option<String>,
         /// One access token, by its `jti`.
-        #[arg(long, group = "what")]
+        #[arg(long, group = "what", allow_hyphen_values = true)]
         jti: Option<String>,
     },
 }
@@ -215,6 +215,7 @@ enum KeysCommand {
     /// yet signing is withdrawn.
     Retire {
         /// Key id (`tessera keys list`).
+        #[arg(allow_hyphen_values = true)]
         kid: String,
     },
     /// Emergency (a leaked private key): unpublish the key and refuse every
@@ -222,6 +223,7 @@ enum KeysCommand {
     /// new key signs from now on if this one was signing.
     Revoke {
         /// Key id (`tessera keys list`).
+        #[arg(allow_hyphen_values = true)]
         kid: String,
     },
 }

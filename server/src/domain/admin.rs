@@ -250,7 +250,13 @@ impl Admin {
         };
         match kind {
             RevocationKind::Subject => self.store.revoke_subject(value, now, expires_at).await,
-            RevocationKind::Session => self.store.revoke_session(&entry).await.map(drop),
+            // A session the store does not know (a client token's one-off
+            // `sid`) is still denied through the log.
+            RevocationKind::Session => match self.store.revoke_session(&entry).await {
+                Ok(true) => Ok(()),
+                Ok(false) => self.store.append_revocation(&entry).await,
+                Err(e) => Err(e),
+            },
             RevocationKind::Token => self.store.append_revocation(&entry).await,
         }
         .map_err(AdminError::Store)?;

@@ -663,6 +663,20 @@ async fn an_operator_disables_and_enables_clients_and_users_lists_them_and_revok
             .any(|l| l.starts_with("alice") && l.contains(" enabled "))
     );
 
+    // A client token's one-off session is revoked through the log too.
+    let one_off = api
+        .issue(client_grant("billing", &billing))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    admin(d, &["revoke", "--session", &sid_of(&one_off)]);
+    introspects(&mut api, &bearer, &one_off, false).await;
+
+    // Ids are base64url and may begin with '-': still taken as values.
+    admin(d, &["revoke", "--session", "-dashed-session-id"]);
+    admin(d, &["revoke", "--jti", "-dashed-jti"]);
+
     // Mistakes name the thing and what to do.
     let unknown = tessera(d)
         .args(["client", "disable", "nobody"])
