@@ -338,3 +338,56 @@ async fn postgres_connections_honour_sslmode() {
     app.add_user("alice", "pw", &["read"]).await;
     app.login("alice", "pw").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_listener_speaks_tls_when_the_grpc_one_does() {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pki = Pki::new("server CA");
+    let (cert, key) = pki.write("server", &pki.server());
+    let tls = tls_settings(&cert, &key);
+    let (app, _db) = spawn_app_with(Backend::Sqlite, |s: &mut Settings| {
+        s.tls = Some(tls);
+        s.http_addr = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let http = app.http_addr.unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca_pem().as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+    let mut stream = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("a TLS handshake on the HTTP port");
+    stream
+        .write_all(
+            b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"keys\""), "{answer}");
+
+    // Plaintext HTTP on that port gets no answer.
+    let mut plain = tokio::net::TcpStream::connect(http).await.unwrap();
+    plain
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut said = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut said)).await;
+    assert!(
+        !String::from_utf8_lossy(&said).contains("200"),
+        "plaintext was answered"
+    );
+}
