@@ -216,6 +216,7 @@ pub struct Options {
     /// Database URL: postgres://... selects PostgreSQL; unset, an embedded
     /// SQLite database in the data folder.
     #[arg(
+        help_heading = "Database and keys",
         long,
         env = "TESSERA_DATABASE_URL",
         global = true,
@@ -224,11 +225,11 @@ pub struct Options {
     pub database_url: Option<String>,
 
     /// Connections per replica in the database pool.
-    #[arg(long, env = "TESSERA_DATABASE_MAX_CONNECTIONS", default_value_t = defaults::DATABASE_MAX_CONNECTIONS, global = true)]
+    #[arg(help_heading = "Database and keys", long, env = "TESSERA_DATABASE_MAX_CONNECTIONS", default_value_t = defaults::DATABASE_MAX_CONNECTIONS, global = true)]
     pub database_max_connections: u32,
 
     /// Folder for the embedded database and generated key-encryption key.
-    #[arg(long, env = "TESSERA_DATA_DIR", default_value = defaults::DATA_DIR, global = true)]
+    #[arg(help_heading = "Database and keys", long, env = "TESSERA_DATA_DIR", default_value = defaults::DATA_DIR, global = true)]
     pub data_dir: PathBuf,
 
     /// Key-encryption key for private signing keys at rest: base64 of 32
@@ -237,6 +238,7 @@ pub struct Options {
     /// --key-encryption-key-file; the flag itself is hidden, as a key on a
     /// command line shows in `ps`.
     #[arg(
+        help_heading = "Database and keys",
         long,
         env = "TESSERA_KEY_ENCRYPTION_KEY",
         global = true,
@@ -248,6 +250,7 @@ pub struct Options {
     /// A file holding the key-encryption key (as TESSERA_KEY_ENCRYPTION_KEY
     /// does; a mounted secret, say).
     #[arg(
+        help_heading = "Database and keys",
         long,
         env = "TESSERA_KEY_ENCRYPTION_KEY_FILE",
         global = true,
@@ -256,134 +259,165 @@ pub struct Options {
     pub key_encryption_key_file: Option<PathBuf>,
 
     /// Address to serve gRPC on.
-    #[arg(long, env = "TESSERA_LISTEN_ADDR", default_value = defaults::LISTEN_ADDR, global = true)]
+    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_LISTEN_ADDR", default_value = defaults::LISTEN_ADDR, global = true)]
     pub listen_addr: SocketAddr,
 
     /// Address to serve HTTP on (the JWKS at /.well-known/jwks.json, RFC
     /// 8414 metadata, /livez, /readyz); unset: no HTTP listener.
-    #[arg(long, env = "TESSERA_HTTP_ADDR", global = true)]
+    #[arg(
+        help_heading = "Serving (tessera serve)",
+        long,
+        env = "TESSERA_HTTP_ADDR",
+        global = true
+    )]
     pub http_addr: Option<SocketAddr>,
 
     /// Issuer name written in `iss`.
-    #[arg(long, env = "TESSERA_ISSUER", default_value = defaults::ISSUER, global = true)]
+    #[arg(help_heading = "Tokens", long, env = "TESSERA_ISSUER", default_value = defaults::ISSUER, global = true)]
     pub issuer: String,
 
     /// Audience written in `aud` when a request names none.
-    #[arg(long, env = "TESSERA_DEFAULT_AUDIENCE", default_value = defaults::AUDIENCE, global = true)]
+    #[arg(help_heading = "Tokens", long, env = "TESSERA_DEFAULT_AUDIENCE", default_value = defaults::AUDIENCE, global = true)]
     pub default_audience: String,
 
     /// Access token lifetime.
-    #[arg(long, env = "TESSERA_ACCESS_TOKEN_TTL", default_value_t = defaults::ACCESS_TOKEN_TTL.into(), global = true)]
+    #[arg(help_heading = "Tokens", long, env = "TESSERA_ACCESS_TOKEN_TTL", default_value_t = defaults::ACCESS_TOKEN_TTL.into(), global = true)]
     pub access_token_ttl: humantime::Duration,
 
     /// The longest access token lifetime (exp - iat) accepted, whatever the
     /// TTL: keep it above every TTL any replica uses.
-    #[arg(long, env = "TESSERA_ACCESS_TOKEN_MAX_LIFETIME", default_value_t = defaults::ACCESS_TOKEN_MAX_LIFETIME.into(), global = true)]
+    #[arg(help_heading = "Tokens", long, env = "TESSERA_ACCESS_TOKEN_MAX_LIFETIME", default_value_t = defaults::ACCESS_TOKEN_MAX_LIFETIME.into(), global = true)]
     pub access_token_max_lifetime: humantime::Duration,
 
     /// Refresh token lifetime (renewed by each rotation).
-    #[arg(long, env = "TESSERA_REFRESH_TOKEN_TTL", default_value_t = defaults::REFRESH_TOKEN_TTL.into(), global = true)]
+    #[arg(help_heading = "Tokens", long, env = "TESSERA_REFRESH_TOKEN_TTL", default_value_t = defaults::REFRESH_TOKEN_TTL.into(), global = true)]
     pub refresh_token_ttl: humantime::Duration,
 
     /// How long a spent refresh token still works, for a client whose
     /// response was lost; after it, reuse revokes the session.
-    #[arg(long, env = "TESSERA_REFRESH_REUSE_GRACE", default_value_t = defaults::REFRESH_REUSE_GRACE.into(), global = true)]
+    #[arg(help_heading = "Tokens", long, env = "TESSERA_REFRESH_REUSE_GRACE", default_value_t = defaults::REFRESH_REUSE_GRACE.into(), global = true)]
     pub refresh_reuse_grace: humantime::Duration,
 
     /// Algorithm of new signing keys: ES256, EdDSA or RS256.
-    #[arg(long, env = "TESSERA_SIGNING_ALG", default_value = defaults::SIGNING_ALG, global = true)]
+    #[arg(help_heading = "Tokens", long, env = "TESSERA_SIGNING_ALG", default_value = defaults::SIGNING_ALG, global = true)]
     pub signing_alg: Algorithm,
 
     /// Clock skew tolerated when verifying tokens.
-    #[arg(long, env = "TESSERA_CLOCK_LEEWAY", default_value_t = defaults::CLOCK_LEEWAY.into(), global = true)]
+    #[arg(help_heading = "Tokens", long, env = "TESSERA_CLOCK_LEEWAY", default_value_t = defaults::CLOCK_LEEWAY.into(), global = true)]
     pub clock_leeway: humantime::Duration,
 
     /// Backstop poll of the revocation log (PostgreSQL also pushes changes).
-    #[arg(long, env = "TESSERA_REVOCATION_POLL_INTERVAL", default_value_t = defaults::REVOCATION_POLL_INTERVAL.into(), global = true)]
+    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_REVOCATION_POLL_INTERVAL", default_value_t = defaults::REVOCATION_POLL_INTERVAL.into(), global = true)]
     pub revocation_poll_interval: humantime::Duration,
 
     /// Fail closed (Introspect UNAVAILABLE, health NOT_SERVING) when the
     /// revocation log could not be read for this long.
-    #[arg(long, env = "TESSERA_REVOCATION_STALE_AFTER", default_value_t = defaults::REVOCATION_STALE_AFTER.into(), global = true)]
+    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_REVOCATION_STALE_AFTER", default_value_t = defaults::REVOCATION_STALE_AFTER.into(), global = true)]
     pub revocation_stale_after: humantime::Duration,
 
     /// Backstop re-read of signing keys.
-    #[arg(long, env = "TESSERA_KEY_REFRESH_INTERVAL", default_value_t = defaults::KEY_REFRESH_INTERVAL.into(), global = true)]
+    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_KEY_REFRESH_INTERVAL", default_value_t = defaults::KEY_REFRESH_INTERVAL.into(), global = true)]
     pub key_refresh_interval: humantime::Duration,
 
     /// Argon2id memory cost in KiB.
-    #[arg(long, env = "TESSERA_ARGON2_MEMORY_KIB", default_value_t = defaults::ARGON2_MEMORY_KIB, global = true)]
+    #[arg(help_heading = "Password hashing", long, env = "TESSERA_ARGON2_MEMORY_KIB", default_value_t = defaults::ARGON2_MEMORY_KIB, global = true)]
     pub argon2_memory_kib: u32,
 
     /// Argon2id iterations.
-    #[arg(long, env = "TESSERA_ARGON2_ITERATIONS", default_value_t = defaults::ARGON2_ITERATIONS, global = true)]
+    #[arg(help_heading = "Password hashing", long, env = "TESSERA_ARGON2_ITERATIONS", default_value_t = defaults::ARGON2_ITERATIONS, global = true)]
     pub argon2_iterations: u32,
 
     /// Argon2id parallelism.
-    #[arg(long, env = "TESSERA_ARGON2_PARALLELISM", default_value_t = defaults::ARGON2_PARALLELISM, global = true)]
+    #[arg(help_heading = "Password hashing", long, env = "TESSERA_ARGON2_PARALLELISM", default_value_t = defaults::ARGON2_PARALLELISM, global = true)]
     pub argon2_parallelism: u32,
 
     /// Accept argon2id parameters below OWASP's floor.
-    #[arg(long, env = "TESSERA_ARGON2_ALLOW_WEAK", global = true)]
+    #[arg(
+        help_heading = "Password hashing",
+        long,
+        env = "TESSERA_ARGON2_ALLOW_WEAK",
+        global = true
+    )]
     pub argon2_allow_weak: bool,
 
     /// Password hashes computed at once (default: half the CPUs, at least one).
-    #[arg(long, env = "TESSERA_HASHING_CONCURRENCY", global = true)]
+    #[arg(
+        help_heading = "Password hashing",
+        long,
+        env = "TESSERA_HASHING_CONCURRENCY",
+        global = true
+    )]
     pub hashing_concurrency: Option<usize>,
 
     /// Logins allowed to wait for hashing before RESOURCE_EXHAUSTED.
-    #[arg(long, env = "TESSERA_HASHING_QUEUE", default_value_t = defaults::HASHING_QUEUE, global = true)]
+    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_HASHING_QUEUE", default_value_t = defaults::HASHING_QUEUE, global = true)]
     pub hashing_queue: usize,
 
     /// Longest time one RPC may take.
-    #[arg(long, env = "TESSERA_REQUEST_TIMEOUT", default_value_t = defaults::REQUEST_TIMEOUT.into(), global = true)]
+    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_REQUEST_TIMEOUT", default_value_t = defaults::REQUEST_TIMEOUT.into(), global = true)]
     pub request_timeout: humantime::Duration,
 
     /// Shortest password accepted by `user add` and `user set-password`.
-    #[arg(long, env = "TESSERA_PASSWORD_MIN_LENGTH", default_value_t = defaults::PASSWORD_MIN_LENGTH, global = true)]
+    #[arg(help_heading = "Tokens", long, env = "TESSERA_PASSWORD_MIN_LENGTH", default_value_t = defaults::PASSWORD_MIN_LENGTH, global = true)]
     pub password_min_length: usize,
 
     /// Failed logins for one account from one address before each further
     /// one doubles a delay (1 s, 2 s, ... 15 min) for that pair.
-    #[arg(long, env = "TESSERA_LOGIN_FAILURES_BEFORE_DELAY", default_value_t = defaults::LOGIN_FAILURES_BEFORE_DELAY, global = true)]
+    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_LOGIN_FAILURES_BEFORE_DELAY", default_value_t = defaults::LOGIN_FAILURES_BEFORE_DELAY, global = true)]
     pub login_failures_before_delay: u32,
 
     /// Password logins one address may have hashing or queued for hashing
     /// at once; more wait their turn (up to 16 times this), then are refused.
-    #[arg(long, env = "TESSERA_LOGIN_MAX_IN_FLIGHT_PER_PEER", default_value_t = defaults::LOGIN_MAX_IN_FLIGHT_PER_PEER, global = true)]
+    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_LOGIN_MAX_IN_FLIGHT_PER_PEER", default_value_t = defaults::LOGIN_MAX_IN_FLIGHT_PER_PEER, global = true)]
     pub login_max_in_flight_per_peer: usize,
 
     /// Open connections at most (kept under 3/4 of the open-file limit).
-    #[arg(long, env = "TESSERA_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS, global = true)]
+    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS, global = true)]
     pub max_connections: usize,
 
     /// Open connections from one address at most.
-    #[arg(long, env = "TESSERA_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = defaults::MAX_CONNECTIONS_PER_ADDRESS, global = true)]
+    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = defaults::MAX_CONNECTIONS_PER_ADDRESS, global = true)]
     pub max_connections_per_address: usize,
 
     /// How long a new connection may go without making a call.
-    #[arg(long, env = "TESSERA_HANDSHAKE_TIMEOUT", default_value_t = defaults::HANDSHAKE_TIMEOUT.into(), global = true)]
+    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_HANDSHAKE_TIMEOUT", default_value_t = defaults::HANDSHAKE_TIMEOUT.into(), global = true)]
     pub handshake_timeout: humantime::Duration,
 
     /// How often expired revocation entries, refresh tokens and sessions are deleted.
-    #[arg(long, env = "TESSERA_PRUNE_INTERVAL", default_value_t = defaults::PRUNE_INTERVAL.into(), global = true)]
+    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_PRUNE_INTERVAL", default_value_t = defaults::PRUNE_INTERVAL.into(), global = true)]
     pub prune_interval: humantime::Duration,
 
     /// PEM certificate chain: with --tls-key, every listener speaks TLS
     /// (1.2 and 1.3 only). Re-read when the file changes.
-    #[arg(long, env = "TESSERA_TLS_CERT", global = true)]
+    #[arg(
+        help_heading = "Serving (tessera serve)",
+        long,
+        env = "TESSERA_TLS_CERT",
+        global = true
+    )]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key of --tls-cert.
-    #[arg(long, env = "TESSERA_TLS_KEY", global = true)]
+    #[arg(
+        help_heading = "Serving (tessera serve)",
+        long,
+        env = "TESSERA_TLS_KEY",
+        global = true
+    )]
     pub tls_key: Option<PathBuf>,
 
     /// PEM bundle of CAs client certificates are verified against (mTLS).
-    #[arg(long, env = "TESSERA_TLS_CLIENT_CA", global = true)]
+    #[arg(
+        help_heading = "Serving (tessera serve)",
+        long,
+        env = "TESSERA_TLS_CLIENT_CA",
+        global = true
+    )]
     pub tls_client_ca: Option<PathBuf>,
 
     /// With a client CA: whether every client must present a certificate.
     #[arg(
+        help_heading = "Serving (tessera serve)",
         long,
         env = "TESSERA_TLS_CLIENT_AUTH",
         value_enum,
@@ -393,7 +427,7 @@ pub struct Options {
     pub tls_client_auth: ClientAuth,
 
     /// How long a connection may stay open with no call in flight.
-    #[arg(long, env = "TESSERA_CONNECTION_IDLE_TIMEOUT", default_value_t = defaults::CONNECTION_IDLE_TIMEOUT.into(), global = true)]
+    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_CONNECTION_IDLE_TIMEOUT", default_value_t = defaults::CONNECTION_IDLE_TIMEOUT.into(), global = true)]
     pub connection_idle_timeout: humantime::Duration,
 }
 
