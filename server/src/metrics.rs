@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use opentelemetry::{
     KeyValue,
-    metrics::{Counter, Histogram, MeterProvider as _},
+    metrics::{Counter, Gauge, Histogram, MeterProvider as _},
 };
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder as _, TextEncoder};
@@ -39,6 +39,12 @@ pub(crate) struct Metrics {
     pub(crate) revocations: Counter<u64>,
     /// `tessera_rpc_duration_seconds{method,code}`.
     rpc_duration: Histogram<f64>,
+    /// `tessera_hashing_queue_depth`: logins waiting for an argon2 worker.
+    pub(crate) hashing_queue_depth: Gauge<u64>,
+    /// `tessera_revocation_lag_seconds`: from a revocation's making (the
+    /// log's `at`, whole seconds) to this replica applying it, for the
+    /// latest read of the log that applied any.
+    pub(crate) revocation_lag: Gauge<f64>,
 }
 
 /// The process's instruments.
@@ -88,6 +94,17 @@ impl Metrics {
                 .with_unit("s")
                 .with_description("Time to answer a call, by method and status code")
                 .with_boundaries(RPC_SECONDS.to_vec())
+                .build(),
+            hashing_queue_depth: meter
+                .u64_gauge("tessera.hashing_queue_depth")
+                .with_description("Logins waiting for an argon2 worker")
+                .build(),
+            revocation_lag: meter
+                .f64_gauge("tessera.revocation_lag")
+                .with_unit("s")
+                .with_description(
+                    "Seconds from a revocation's making to this replica applying it (latest read)",
+                )
                 .build(),
             registry,
             _provider: provider,

@@ -242,6 +242,12 @@ impl RevocationState {
             for (_, entry) in &page {
                 self.denied.apply(entry);
             }
+            if let Some(newest) = page.iter().map(|(_, e)| e.at).max() {
+                let lag_secs = (now.as_secs() - newest.as_secs()).max(0);
+                crate::metrics::metrics()
+                    .revocation_lag
+                    .record(lag_secs as f64, &[]);
+            }
             applied += page.len();
             if let Some((last, _)) = page.last() {
                 self.cursor.store(*last, Ordering::Release);

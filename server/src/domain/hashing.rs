@@ -259,6 +259,9 @@ impl PasswordHasher {
                 return Err(HashError::Throttled);
             }
             queue.jobs.push_back(Job { work, reply });
+            crate::metrics::metrics()
+                .hashing_queue_depth
+                .record(queue.jobs.len() as u64, &[]);
         }
         self.shared.ready.notify_one();
         let done = answer
@@ -283,6 +286,9 @@ fn work(shared: &Shared) {
             let mut queue = shared.queue.lock();
             loop {
                 if let Some(job) = queue.jobs.pop_front() {
+                    crate::metrics::metrics()
+                        .hashing_queue_depth
+                        .record(queue.jobs.len() as u64, &[]);
                     break job;
                 }
                 if queue.closed {

@@ -235,6 +235,8 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_calls_that_should_mo
             &[("method", "Issue"), ("code", "UNAUTHENTICATED")]
         ) >= 1.0
     );
+    // Gauges: the hashing queue (set as logins queue and start).
+    assert!(after.contains("\ntessera_hashing_queue_depth{"), "{after}");
     // No user or client names as labels.
     assert!(!after.contains("alice"));
 }
