@@ -1,6 +1,8 @@
 //! The metrics of DESIGN.md §7, as OpenTelemetry instruments read out at
 //! `GET /metrics` in Prometheus text format (through the OpenTelemetry
-//! Prometheus exporter). Low cardinality: no user or client labels.
+//! Prometheus exporter), and pushed over OTLP when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Low cardinality: no user or client
+//! labels.
 //!
 //! One set per process, made on first use: replicas in one process (the
 //! tests) share it, as they would share a scrape target.
@@ -61,7 +63,19 @@ impl Metrics {
             .without_target_info()
             .build()
             .expect("a fresh registry takes the exporter");
-        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        let mut provider = SdkMeterProvider::builder().with_reader(exporter);
+        // Pushed over OTLP too when an endpoint is configured (the exporter
+        // reads OTEL_EXPORTER_OTLP_* itself), as spans are.
+        if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+            match opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .build()
+            {
+                Ok(otlp) => provider = provider.with_periodic_exporter(otlp),
+                Err(e) => tracing::warn!(error = %e, "cannot export metrics over OTLP"),
+            }
+        }
+        let provider = provider.build();
         let meter = provider.meter("tessera");
         let counter = |name: &'static str, description: &'static str| {
             meter
