@@ -17,6 +17,7 @@
 //!   claims in request extensions).
 
 pub mod interceptor;
+mod otel;
 pub mod retry;
 pub mod source;
 pub mod transport;

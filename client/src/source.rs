@@ -155,6 +155,14 @@ pub struct SourceMetrics {
 }
 
 impl SourceMetrics {
+    /// Counts an event here and in the OpenTelemetry counter
+    /// `tessera_client_token_events_total{event}` (through the global meter
+    /// provider: nothing is exported unless the application sets one).
+    fn bump(counter: &AtomicU64, event: &'static str) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        crate::otel::token_events().add(1, &[opentelemetry::KeyValue::new("event", event)]);
+    }
+
     /// A counter's value.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
@@ -276,10 +284,8 @@ impl TokenSource {
             return false;
         }
         *last = Some(Instant::now());
-        self.inner
-            .metrics
-            .invalidations
-            .fetch_add(1, Ordering::Relaxed);
+        let metrics = &self.inner.metrics;
+        SourceMetrics::bump(&metrics.invalidations, "invalidations");
         self.inner.publisher.send_replace(None);
         self.inner.invalidate.notify_one();
         true
@@ -321,7 +327,7 @@ impl Refresher {
                     self.publish(&obtained)
                 }
                 Err(status) => {
-                    self.metrics.failures.fetch_add(1, Ordering::Relaxed);
+                    SourceMetrics::bump(&self.metrics.failures, "failures");
                     tracing::warn!(code = ?status.code(), message = status.message(), "could not obtain a token; keeping the last one until it expires");
                     let delay = jittered(backoff, 0.5);
                     backoff = (backoff * 2).min(self.config.max_backoff);
@@ -349,7 +355,7 @@ impl Refresher {
                 .await
             {
                 Ok(response) => {
-                    self.metrics.refreshes.fetch_add(1, Ordering::Relaxed);
+                    SourceMetrics::bump(&self.metrics.refreshes, "refreshes");
                     let response = response.into_inner();
                     self.refresh_token = Some(SecretString::from(response.refresh_token));
                     return Ok(Obtained {
@@ -365,7 +371,7 @@ impl Refresher {
                     ) =>
                 {
                     tracing::info!("refresh token rejected; issuing a new token instead");
-                    self.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    SourceMetrics::bump(&self.metrics.fallbacks, "fallbacks");
                     self.refresh_token = None;
                 }
                 Err(status) => return Err(status),
@@ -399,7 +405,7 @@ impl Refresher {
             .call(|mut client| async move { client.issue(request).await })
             .await?
             .into_inner();
-        self.metrics.issues.fetch_add(1, Ordering::Relaxed);
+        SourceMetrics::bump(&self.metrics.issues, "issues");
         if !response.refresh_token.is_empty() {
             self.refresh_token = Some(SecretString::from(response.refresh_token));
         }

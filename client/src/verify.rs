@@ -155,8 +155,12 @@ pub struct VerifyMetrics {
 }
 
 impl VerifyMetrics {
-    pub(crate) fn bump(counter: &AtomicU64) {
+    /// Counts an event here and in the OpenTelemetry counter
+    /// `tessera_client_verifications_total{event}` (through the global meter
+    /// provider: nothing is exported unless the application sets one).
+    pub(crate) fn bump(counter: &AtomicU64, event: &'static str) {
         counter.fetch_add(1, Ordering::Relaxed);
+        crate::otel::verifications().add(1, &[opentelemetry::KeyValue::new("event", event)]);
     }
 
     /// A counter's value.

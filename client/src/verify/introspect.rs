@@ -138,7 +138,7 @@ impl IntrospectionVerifier {
     }
 
     async fn introspect(&self, token: &str) -> Answer {
-        VerifyMetrics::bump(&self.metrics.lookups);
+        VerifyMetrics::bump(&self.metrics.lookups, "lookups");
         let request = IntrospectRequest {
             token: token.to_owned(),
             token_type_hint: 1,
@@ -187,7 +187,7 @@ impl Verifier for IntrospectionVerifier {
         let key = hash(token);
         let answer = match self.cached(&key) {
             Some(answer) => {
-                VerifyMetrics::bump(&self.metrics.cache_hits);
+                VerifyMetrics::bump(&self.metrics.cache_hits, "cache_hits");
                 answer
             }
             None => {
@@ -211,9 +211,11 @@ impl Verifier for IntrospectionVerifier {
         };
         match &answer {
             Err(VerifyError::Inactive | VerifyError::WrongCertificate) => {
-                VerifyMetrics::bump(&self.metrics.inactive);
+                VerifyMetrics::bump(&self.metrics.inactive, "inactive");
             }
-            Err(VerifyError::Unavailable(_)) => VerifyMetrics::bump(&self.metrics.unavailable),
+            Err(VerifyError::Unavailable(_)) => {
+                VerifyMetrics::bump(&self.metrics.unavailable, "unavailable");
+            }
             Ok(_) => {}
         }
         answer

@@ -112,7 +112,7 @@ impl JwksVerifier {
             }
             *last = Some(Instant::now());
         }
-        VerifyMetrics::bump(&self.metrics.lookups);
+        VerifyMetrics::bump(&self.metrics.lookups, "lookups");
         let json = self
             .client
             .clone()
@@ -138,13 +138,13 @@ impl JwksVerifier {
     async fn verify_here(&self, token: &str) -> Result<Arc<VerifiedClaims>, VerifyError> {
         let inactive = |reason: tessera_token::Rejected| {
             tracing::debug!(%reason, "token rejected");
-            VerifyMetrics::bump(&self.metrics.inactive);
+            VerifyMetrics::bump(&self.metrics.inactive, "inactive");
             VerifyError::Inactive
         };
         let parsed = tessera_token::parse(token).map_err(inactive)?;
         let key = match self.key(parsed.kid()) {
             Some(key) => {
-                VerifyMetrics::bump(&self.metrics.cache_hits);
+                VerifyMetrics::bump(&self.metrics.cache_hits, "cache_hits");
                 key
             }
             None => {
