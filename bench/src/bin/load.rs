@@ -80,6 +80,8 @@ struct Server {
     url: String,
     kek: String,
     secret: String,
+    /// The CA (PEM) to trust when the server speaks TLS.
+    ca: Option<String>,
 }
 
 impl Drop for Server {
@@ -225,6 +227,7 @@ impl Server {
             url,
             kek,
             secret,
+            ca: None,
         }
     }
 
@@ -239,13 +242,17 @@ impl Server {
     async fn channels(&self, n: usize) -> Vec<Channel> {
         let mut channels = Vec::new();
         for _ in 0..n {
-            channels.push(
-                Channel::from_shared(format!("http://{}", self.addr))
+            let endpoint = match &self.ca {
+                None => Channel::from_shared(format!("http://{}", self.addr)).unwrap(),
+                Some(ca) => Channel::from_shared(format!("https://{}", self.addr))
                     .unwrap()
-                    .connect()
-                    .await
+                    .tls_config(
+                        tonic::transport::ClientTlsConfig::new()
+                            .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+                    )
                     .unwrap(),
-            );
+            };
+            channels.push(endpoint.connect().await.unwrap());
         }
         channels
     }
@@ -1167,6 +1174,69 @@ async fn section_revocation(plan: &Plan, postgres: &str) {
     drop(channels);
 }
 
+/// Introspect over TLS against plaintext: two servers alike but for TLS
+/// (certificates from scripts/dev-certs.sh), interleaved.
+async fn section_tls(plan: &Plan) {
+    println!(
+        "\n== Introspect over TLS (SQLite), c={} over {} connections",
+        plan.concurrency, plan.connections
+    );
+    let certs = tempfile::tempdir().unwrap();
+    let made = Command::new("scripts/dev-certs.sh")
+        .arg(certs.path())
+        .output()
+        .expect("scripts/dev-certs.sh (run from the repository root; needs openssl)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let path = |f: &str| certs.path().join(f).display().to_string();
+    let (cert, key) = (path("server.crt"), path("server.key"));
+    let mut tls = Server::start(
+        None,
+        &[
+            ("TESSERA_TLS_CERT", cert.as_str()),
+            ("TESSERA_TLS_KEY", key.as_str()),
+        ],
+    )
+    .await;
+    tls.ca = Some(std::fs::read_to_string(path("ca.crt")).unwrap());
+    let plain = Server::start(None, &[]).await;
+    let mut workloads = Vec::new();
+    for server in [&plain, &tls] {
+        let bearer = server.client_token().await;
+        let mut cycled = Vec::new();
+        for _ in 0..100 {
+            cycled.push(server.client_token().await);
+        }
+        workloads.push((
+            server.channels(plan.connections).await,
+            introspect_cycled(&bearer, Arc::new(cycled)),
+        ));
+    }
+    let (mut over_plain, mut over_tls) = (Series::default(), Series::default());
+    for round in 0..plan.rounds {
+        for k in 0..2 {
+            let i = (k + round) % 2;
+            let (channels, call) = &workloads[i];
+            let pid = if i == 0 { plain.pid() } else { tls.pid() };
+            let sample = drive(channels, plan.concurrency, plan.seconds, pid, call).await;
+            if i == 0 {
+                over_plain.push(&sample);
+            } else {
+                over_tls.push(&sample);
+            }
+        }
+    }
+    line("Introspect, plaintext (baseline)", &over_plain, None);
+    line(
+        "Introspect, TLS 1.3",
+        &over_tls,
+        Some(("plaintext", &over_plain)),
+    );
+}
+
 fn main() {
     let plan = Plan {
         seconds: arg("--seconds", "3").parse().unwrap(),
@@ -1194,6 +1264,9 @@ fn main() {
         }
         if plan.wants("password") {
             section_password(&plan).await;
+        }
+        if plan.wants("tls") {
+            section_tls(&plan).await;
         }
         let postgres = std::env::var("TESSERA_BENCH_DATABASE_URL").ok();
         if plan.wants("writes") {
