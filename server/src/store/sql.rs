@@ -324,6 +324,11 @@ impl TryFrom<ClientRow> for ClientRecord {
 }
 
 /// A refresh token's columns, with its session, user and current successor.
+/// What a [`UserRow`] reads.
+const USER_COLUMNS: &str = "id, username, password_hash, scopes, audiences, roles, disabled_at";
+/// What a [`ClientRow`] reads.
+const CLIENT_COLUMNS: &str = "id, secret_hash, previous_secret_hash, previous_secret_expires_at, \
+     roles, tls_subject, tls_cert_sha256, scopes, audiences, disabled_at";
 const REFRESH_TOKEN_COLUMNS: &str = "t.sid, t.scopes, t.issued_at, t.expires_at, t.spent_at_ms, \
      t.replays, t.superseded_at, t.successor, n.spent_at_ms AS successor_spent_at_ms, \
      s.user_id, s.audience, s.revoked_at, u.username, u.disabled_at, u.roles";
@@ -471,10 +476,9 @@ impl Store for SqlStore {
 
     #[tracing::instrument(name = "db.users.find", skip_all)]
     async fn find_user(&self, username: &Username) -> Result<Option<UserRecord>, StoreError> {
-        sqlx::query_as::<_, UserRow>(
-            "SELECT id, username, password_hash, scopes, audiences, roles, disabled_at \
-             FROM users WHERE username = $1",
-        )
+        sqlx::query_as::<_, UserRow>(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
+        ))
         .bind(username.as_str())
         .fetch_optional(&self.pool)
         .await?
@@ -565,11 +569,9 @@ impl Store for SqlStore {
 
     #[tracing::instrument(name = "db.clients.find", skip_all)]
     async fn find_client(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
-        sqlx::query_as::<_, ClientRow>(
-            "SELECT id, secret_hash, previous_secret_hash, previous_secret_expires_at, roles, \
-             tls_subject, tls_cert_sha256, scopes, audiences, disabled_at \
-             FROM clients WHERE id = $1",
-        )
+        sqlx::query_as::<_, ClientRow>(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM clients WHERE id = $1"
+        ))
         .bind(id.as_str())
         .fetch_optional(&self.pool)
         .await?
@@ -588,10 +590,9 @@ impl Store for SqlStore {
 
     #[tracing::instrument(name = "db.users.all", skip_all)]
     async fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
-        sqlx::query_as::<_, UserRow>(
-            "SELECT id, username, password_hash, scopes, audiences, roles, disabled_at \
-             FROM users ORDER BY username",
-        )
+        sqlx::query_as::<_, UserRow>(&format!(
+            "SELECT {USER_COLUMNS} FROM users ORDER BY username"
+        ))
         .fetch_all(&self.pool)
         .await?
         .into_iter()
@@ -719,16 +720,12 @@ impl Store for SqlStore {
 
     #[tracing::instrument(name = "db.clients.all", skip_all)]
     async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
-        sqlx::query_as::<_, ClientRow>(
-            "SELECT id, secret_hash, previous_secret_hash, previous_secret_expires_at, roles, \
-             tls_subject, tls_cert_sha256, scopes, audiences, disabled_at \
-             FROM clients ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(ClientRecord::try_from)
-        .collect()
+        sqlx::query_as::<_, ClientRow>(&format!("SELECT {CLIENT_COLUMNS} FROM clients ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(ClientRecord::try_from)
+            .collect()
     }
 
     #[tracing::instrument(name = "db.sessions.create", skip_all)]

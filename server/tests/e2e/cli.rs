@@ -539,6 +539,20 @@ async fn introspects(
     }
 }
 
+/// Adds the client `inspector`, allowed to call Introspect; its secret.
+fn add_inspector(dir: &std::path::Path) -> String {
+    client_secret_of(&admin(
+        dir,
+        &[
+            "client",
+            "add",
+            "inspector",
+            "--scope",
+            "tessera:introspect",
+        ],
+    ))
+}
+
 fn client_secret_of(stdout: &str) -> String {
     stdout.lines().last().unwrap().to_owned()
 }
@@ -551,16 +565,7 @@ async fn an_operator_disables_and_enables_clients_and_users_lists_them_and_revok
         d,
         &["client", "add", "billing", "--scope", "invoices:read"],
     ));
-    let inspector = client_secret_of(&admin(
-        d,
-        &[
-            "client",
-            "add",
-            "inspector",
-            "--scope",
-            "tessera:introspect",
-        ],
-    ));
+    let inspector = add_inspector(d);
     assert!(
         run_with_stdin(
             tessera(d).args(["user", "add", "alice", "--scope", "read"]),
@@ -946,16 +951,7 @@ async fn a_rotated_client_secret_overlaps_with_the_old_one_until_the_overlap_end
 async fn set_password_set_scopes_and_delete_end_the_old_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let inspector = client_secret_of(&admin(
-        d,
-        &[
-            "client",
-            "add",
-            "inspector",
-            "--scope",
-            "tessera:introspect",
-        ],
-    ));
+    let inspector = add_inspector(d);
     let billing = client_secret_of(&admin(d, &["client", "add", "billing", "--scope", "read"]));
     let add = run_with_stdin(
         tessera(d).args([
@@ -1079,16 +1075,7 @@ fn kid_of(token: &str) -> String {
 async fn a_retired_key_stops_signing_and_a_revoked_key_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let inspector = client_secret_of(&admin(
-        d,
-        &[
-            "client",
-            "add",
-            "inspector",
-            "--scope",
-            "tessera:introspect",
-        ],
-    ));
+    let inspector = add_inspector(d);
     let (mut server, addr) = serve(d);
     let mut api = TokenServiceClient::connect(format!("http://{addr}"))
         .await
