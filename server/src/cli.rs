@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tessera_token::Algorithm;
 
 use crate::{
-    config::{Options, Settings, SettingsError},
+    config::{AdminOptions, Options, Settings, SettingsError, StoreOptions, UserOptions},
     domain::{AdminError, AdminUserChange, NewClientCredential},
     keys::{self, KeyRing, KeyState, key_states},
     model::{
@@ -21,15 +21,13 @@ use crate::{
         UnixTime, Username, parse_sha256,
     },
     startup::{self, Application, StartupError},
-    store::{Backend, ClientCredential, StoreError},
+    store::{Backend, ClientChange, ClientCredential, StoreError},
 };
 
 /// Tessera: a gRPC token service.
 #[derive(Debug, Parser)]
 #[command(name = "tessera", version, about, args_override_self = true)]
 pub struct Cli {
-    #[command(flatten)]
-    options: Options,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,31 +39,51 @@ enum Command {
         /// Do not apply migrations; the schema must already be current.
         #[arg(long, env = "TESSERA_NO_MIGRATE")]
         no_migrate: bool,
+        #[command(flatten)]
+        options: Options,
     },
     /// Apply pending migrations and exit.
-    Migrate,
+    Migrate {
+        #[command(flatten)]
+        options: StoreOptions,
+    },
     /// Manage users.
-    #[command(subcommand)]
-    User(UserCommand),
+    User {
+        #[command(flatten)]
+        options: UserOptions,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Manage clients (service accounts).
-    #[command(subcommand)]
-    Client(ClientCommand),
+    Client {
+        #[command(flatten)]
+        options: AdminOptions,
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
     /// Manage signing keys.
-    #[command(subcommand)]
-    Keys(KeysCommand),
+    Keys {
+        #[command(flatten)]
+        options: AdminOptions,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Ask a running server whether it is ready: exit 0 when it reports
     /// SERVING (for probes and scripts), 1 otherwise.
     Health {
-        /// The server's gRPC address; by default the configured listen address.
-        #[arg(long)]
-        addr: Option<String>,
+        /// The server's gRPC address.
+        #[arg(long, env = "TESSERA_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+        addr: String,
         /// Speak TLS, trusting this CA (PEM) for the server's certificate.
         #[arg(long)]
         ca: Option<std::path::PathBuf>,
     },
     /// Print the effective settings (flags, environment and defaults), with
     /// secrets redacted.
-    Config,
+    Config {
+        #[command(flatten)]
+        options: Options,
+    },
     /// Revoke tokens now, on every replica (exactly one of the options).
     #[command(group(clap::ArgGroup::new("what").required(true).multiple(false)))]
     Revoke {
@@ -79,6 +97,8 @@ enum Command {
         /// One access token, by its `jti`.
         #[arg(long, group = "what", allow_hyphen_values = true)]
         jti: Option<String>,
+        #[command(flatten)]
+        options: AdminOptions,
     },
 }
 
@@ -180,6 +200,23 @@ enum ClientCommand {
         /// Client id.
         id: String,
     },
+    /// Replace a client's scopes and revoke every token it holds (it gets
+    /// new ones under the new scopes).
+    SetScopes {
+        /// Client id.
+        id: String,
+        /// A scope the client may be granted (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// Replace a client's roles and revoke every token it holds.
+    SetRoles {
+        /// Client id.
+        id: String,
+        /// A role its tokens carry (repeatable; none: no roles).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
     /// Enable a disabled client again (tokens revoked stay revoked).
     Enable {
         /// Client id.
@@ -263,29 +300,36 @@ pub enum CliError {
 impl Cli {
     /// Runs the command.
     pub async fn run(self) -> Result<(), CliError> {
-        let mut settings = self.options.settings()?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         match self.command {
-            Command::Serve { no_migrate } => {
+            Command::Serve {
+                no_migrate,
+                options,
+            } => {
+                let mut settings = options.settings()?;
                 settings.migrate = !no_migrate;
                 let app = Application::build(settings, clock).await?;
                 app.run_until(startup::shutdown_signal()).await?;
             }
-            Command::Migrate => {
-                startup::open_store(&settings).await?;
+            Command::Migrate { options } => {
+                startup::open_store(&options.settings()?).await?;
                 println!("migrations applied");
             }
-            Command::User(command) => user(command, &settings, clock).await?,
-            Command::Client(command) => client(command, &settings, clock).await?,
+            Command::User { options, command } => {
+                user(command, &options.settings()?, clock).await?;
+            }
+            Command::Client { options, command } => {
+                client(command, &options.settings()?, clock).await?;
+            }
             Command::Health { addr, ca } => {
-                let addr = addr.unwrap_or_else(|| settings.listen_addr.to_string());
                 let status = health(&addr, ca.as_deref()).await?;
                 if status != "SERVING" {
                     return Err(CliError::NotServing(addr, status));
                 }
                 println!("{addr}: {status}");
             }
-            Command::Config => {
+            Command::Config { options } => {
+                let settings = options.settings()?;
                 println!(
                     "database_url = {}",
                     redact_url(settings.database_url.expose_secret())
@@ -296,6 +340,7 @@ impl Cli {
                 subject,
                 session,
                 jti,
+                options,
             } => {
                 let (kind, value, what) = match (subject, session, jti) {
                     (Some(sub), _, _) => (RevocationKind::Subject, sub, "subject"),
@@ -306,11 +351,13 @@ impl Cli {
                 if value.trim().is_empty() {
                     return Err(InvalidInput("the value to revoke is empty".into()).into());
                 }
-                let admin = startup::open_admin(&settings, clock).await?;
+                let admin = startup::open_admin(&options.settings()?, clock).await?;
                 admin.revoke(kind, &value).await?;
                 println!("revoked {what} {value}; every replica denies it once it follows the log");
             }
-            Command::Keys(command) => keys(command, &settings, clock.now()).await?,
+            Command::Keys { options, command } => {
+                keys(command, &options.settings()?, clock.now()).await?;
+            }
         }
         Ok(())
     }
@@ -392,18 +439,34 @@ async fn user(
         }
         UserCommand::List => {
             let users = startup::open_admin(settings, clock).await?.users().await?;
-            println!("{:<24} {:<24} {:<9} scopes", "name", "sub", "state");
+            println!("{:<24} {:<24} {:<9} scopes [roles]", "name", "sub", "state");
             for u in users {
                 let state = if u.disabled { "disabled" } else { "enabled" };
                 println!(
-                    "{:<24} {:<24} {state:<9} {}",
+                    "{:<24} {:<24} {state:<9} {}{}",
                     u.username.as_str(),
                     u.id,
-                    u.scopes.joined()
+                    u.scopes.joined(),
+                    roles_column(&u.roles)
                 );
             }
         }
     }
+    Ok(())
+}
+
+/// Applies `change` to client `id` (which ends its tokens).
+async fn change_client(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+    id: &str,
+    change: ClientChange,
+) -> Result<(), CliError> {
+    let id = ClientId::parse(id)?;
+    startup::open_admin(settings, clock)
+        .await?
+        .change_client(&id, change)
+        .await?;
     Ok(())
 }
 
@@ -465,20 +528,24 @@ async fn client(
             println!("{}", secret.expose_secret());
         }
         ClientCommand::Disable { id } => {
-            let id = ClientId::parse(&id)?;
-            startup::open_admin(settings, clock)
-                .await?
-                .disable_client(&id)
-                .await?;
+            change_client(settings, clock, &id, ClientChange::Disable).await?;
             println!("disabled client {id}; every token it holds is revoked");
         }
         ClientCommand::Delete { id } => {
-            let id = ClientId::parse(&id)?;
-            startup::open_admin(settings, clock)
-                .await?
-                .delete_client(&id)
-                .await?;
+            change_client(settings, clock, &id, ClientChange::Delete).await?;
             println!("deleted client {id}; every token it held is revoked");
+        }
+        ClientCommand::SetScopes { id, scopes } => {
+            let scopes = ScopeSet::parse_list(&scopes)?;
+            let joined = scopes.joined();
+            change_client(settings, clock, &id, ClientChange::Scopes(scopes)).await?;
+            println!("{id} may now be granted: {joined}; every token it holds is revoked");
+        }
+        ClientCommand::SetRoles { id, roles } => {
+            let roles = parse_roles(&roles)?;
+            let joined = roles.joined();
+            change_client(settings, clock, &id, ClientChange::Roles(roles)).await?;
+            println!("{id}'s roles are now: {joined}; every token it holds is revoked");
         }
         ClientCommand::Enable { id } => {
             let id = ClientId::parse(&id)?;
@@ -493,7 +560,7 @@ async fn client(
                 .await?
                 .clients()
                 .await?;
-            println!("{:<24} {:<10} {:<9} scopes", "id", "auth", "state");
+            println!("{:<24} {:<10} {:<9} scopes [roles]", "id", "auth", "state");
             for c in clients {
                 let auth = match c.credential {
                     ClientCredential::Secret(_) => "secret",
@@ -502,14 +569,24 @@ async fn client(
                 };
                 let state = if c.disabled { "disabled" } else { "enabled" };
                 println!(
-                    "{:<24} {auth:<10} {state:<9} {}",
+                    "{:<24} {auth:<10} {state:<9} {}{}",
                     c.id.as_str(),
-                    c.scopes.joined()
+                    c.scopes.joined(),
+                    roles_column(&c.roles)
                 );
             }
         }
     }
     Ok(())
+}
+
+/// Roles as `list` shows them after the scopes: ` [a b]`, or nothing.
+fn roles_column(roles: &ScopeSet) -> String {
+    if roles.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", roles.joined())
+    }
 }
 
 /// Roles, validated as scope names are (an empty list: none).

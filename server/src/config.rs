@@ -210,9 +210,12 @@ fn default_hashing_concurrency() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (usize::from(n) / 2).max(1))
 }
 
-/// Flags shared by every command, each also read from the environment.
+/// Where the data is: the database and the key-encryption key.
+///
+/// Every flag is also read from its `TESSERA_*` environment variable, and is
+/// global: given on a command, it applies to its subcommands.
 #[derive(Debug, Clone, Args)]
-pub struct Options {
+pub(crate) struct StoreOptions {
     /// Database URL: postgres://... selects PostgreSQL; unset, an embedded
     /// SQLite database in the data folder.
     #[arg(
@@ -222,15 +225,15 @@ pub struct Options {
         global = true,
         hide_env_values = true
     )]
-    pub database_url: Option<String>,
+    database_url: Option<String>,
 
     /// Connections per replica in the database pool.
     #[arg(help_heading = "Database and keys", long, env = "TESSERA_DATABASE_MAX_CONNECTIONS", default_value_t = defaults::DATABASE_MAX_CONNECTIONS, global = true)]
-    pub database_max_connections: u32,
+    database_max_connections: u32,
 
     /// Folder for the embedded database and generated key-encryption key.
     #[arg(help_heading = "Database and keys", long, env = "TESSERA_DATA_DIR", default_value = defaults::DATA_DIR, global = true)]
-    pub data_dir: PathBuf,
+    data_dir: PathBuf,
 
     /// Key-encryption key for private signing keys at rest: base64 of 32
     /// random bytes (`openssl rand -base64 32`). Required with PostgreSQL.
@@ -245,7 +248,7 @@ pub struct Options {
         hide = true,
         hide_env_values = true
     )]
-    pub key_encryption_key: Option<String>,
+    key_encryption_key: Option<String>,
 
     /// A file holding the key-encryption key (as TESSERA_KEY_ENCRYPTION_KEY
     /// does; a mounted secret, say).
@@ -256,179 +259,195 @@ pub struct Options {
         global = true,
         conflicts_with = "key_encryption_key"
     )]
-    pub key_encryption_key_file: Option<PathBuf>,
+    key_encryption_key_file: Option<PathBuf>,
+}
 
-    /// Address to serve gRPC on.
-    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_LISTEN_ADDR", default_value = defaults::LISTEN_ADDR, global = true)]
-    pub listen_addr: SocketAddr,
-
-    /// Address to serve HTTP on (the JWKS at /.well-known/jwks.json, RFC
-    /// 8414 metadata, /livez, /readyz); unset: no HTTP listener.
-    #[arg(
-        help_heading = "Serving (tessera serve)",
-        long,
-        env = "TESSERA_HTTP_ADDR",
-        global = true
-    )]
-    pub http_addr: Option<SocketAddr>,
-
+/// What tokens look like and how long they and their keys live.
+///
+/// Every flag is also read from its `TESSERA_*` environment variable, and is
+/// global: given on a command, it applies to its subcommands.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct TokenOptions {
     /// Issuer name written in `iss`.
-    #[arg(help_heading = "Tokens", long, env = "TESSERA_ISSUER", default_value = defaults::ISSUER, global = true)]
-    pub issuer: String,
+    #[arg(help_heading = "Tokens and keys", long, env = "TESSERA_ISSUER", default_value = defaults::ISSUER, global = true)]
+    issuer: String,
 
     /// Audience written in `aud` when a request names none.
-    #[arg(help_heading = "Tokens", long, env = "TESSERA_DEFAULT_AUDIENCE", default_value = defaults::AUDIENCE, global = true)]
-    pub default_audience: String,
+    #[arg(help_heading = "Tokens and keys", long, env = "TESSERA_DEFAULT_AUDIENCE", default_value = defaults::AUDIENCE, global = true)]
+    default_audience: String,
 
     /// Access token lifetime.
-    #[arg(help_heading = "Tokens", long, env = "TESSERA_ACCESS_TOKEN_TTL", default_value_t = defaults::ACCESS_TOKEN_TTL.into(), global = true)]
-    pub access_token_ttl: humantime::Duration,
+    #[arg(help_heading = "Tokens and keys", long, env = "TESSERA_ACCESS_TOKEN_TTL", default_value_t = defaults::ACCESS_TOKEN_TTL.into(), global = true)]
+    access_token_ttl: humantime::Duration,
 
     /// The longest access token lifetime (exp - iat) accepted, whatever the
     /// TTL: keep it above every TTL any replica uses.
-    #[arg(help_heading = "Tokens", long, env = "TESSERA_ACCESS_TOKEN_MAX_LIFETIME", default_value_t = defaults::ACCESS_TOKEN_MAX_LIFETIME.into(), global = true)]
-    pub access_token_max_lifetime: humantime::Duration,
+    #[arg(help_heading = "Tokens and keys", long, env = "TESSERA_ACCESS_TOKEN_MAX_LIFETIME", default_value_t = defaults::ACCESS_TOKEN_MAX_LIFETIME.into(), global = true)]
+    access_token_max_lifetime: humantime::Duration,
 
     /// Refresh token lifetime (renewed by each rotation).
-    #[arg(help_heading = "Tokens", long, env = "TESSERA_REFRESH_TOKEN_TTL", default_value_t = defaults::REFRESH_TOKEN_TTL.into(), global = true)]
-    pub refresh_token_ttl: humantime::Duration,
+    #[arg(help_heading = "Tokens and keys", long, env = "TESSERA_REFRESH_TOKEN_TTL", default_value_t = defaults::REFRESH_TOKEN_TTL.into(), global = true)]
+    refresh_token_ttl: humantime::Duration,
 
     /// How long a spent refresh token still works, for a client whose
     /// response was lost; after it, reuse revokes the session.
-    #[arg(help_heading = "Tokens", long, env = "TESSERA_REFRESH_REUSE_GRACE", default_value_t = defaults::REFRESH_REUSE_GRACE.into(), global = true)]
-    pub refresh_reuse_grace: humantime::Duration,
+    #[arg(help_heading = "Tokens and keys", long, env = "TESSERA_REFRESH_REUSE_GRACE", default_value_t = defaults::REFRESH_REUSE_GRACE.into(), global = true)]
+    refresh_reuse_grace: humantime::Duration,
 
     /// Algorithm of new signing keys: ES256, EdDSA or RS256.
-    #[arg(help_heading = "Tokens", long, env = "TESSERA_SIGNING_ALG", default_value = defaults::SIGNING_ALG, global = true)]
-    pub signing_alg: Algorithm,
+    #[arg(help_heading = "Tokens and keys", long, env = "TESSERA_SIGNING_ALG", default_value = defaults::SIGNING_ALG, global = true)]
+    signing_alg: Algorithm,
 
     /// Clock skew tolerated when verifying tokens.
-    #[arg(help_heading = "Tokens", long, env = "TESSERA_CLOCK_LEEWAY", default_value_t = defaults::CLOCK_LEEWAY.into(), global = true)]
-    pub clock_leeway: humantime::Duration,
-
-    /// Backstop poll of the revocation log (PostgreSQL also pushes changes).
-    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_REVOCATION_POLL_INTERVAL", default_value_t = defaults::REVOCATION_POLL_INTERVAL.into(), global = true)]
-    pub revocation_poll_interval: humantime::Duration,
-
-    /// Fail closed (Introspect UNAVAILABLE, health NOT_SERVING) when the
-    /// revocation log could not be read for this long.
-    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_REVOCATION_STALE_AFTER", default_value_t = defaults::REVOCATION_STALE_AFTER.into(), global = true)]
-    pub revocation_stale_after: humantime::Duration,
+    #[arg(help_heading = "Tokens and keys", long, env = "TESSERA_CLOCK_LEEWAY", default_value_t = defaults::CLOCK_LEEWAY.into(), global = true)]
+    clock_leeway: humantime::Duration,
 
     /// Backstop re-read of signing keys.
-    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_KEY_REFRESH_INTERVAL", default_value_t = defaults::KEY_REFRESH_INTERVAL.into(), global = true)]
-    pub key_refresh_interval: humantime::Duration,
+    #[arg(help_heading = "Tokens and keys", long, env = "TESSERA_KEY_REFRESH_INTERVAL", default_value_t = defaults::KEY_REFRESH_INTERVAL.into(), global = true)]
+    key_refresh_interval: humantime::Duration,
+}
 
+/// How passwords are hashed and which are accepted.
+///
+/// Every flag is also read from its `TESSERA_*` environment variable, and is
+/// global: given on a command, it applies to its subcommands.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PasswordOptions {
     /// Argon2id memory cost in KiB.
-    #[arg(help_heading = "Password hashing", long, env = "TESSERA_ARGON2_MEMORY_KIB", default_value_t = defaults::ARGON2_MEMORY_KIB, global = true)]
-    pub argon2_memory_kib: u32,
+    #[arg(help_heading = "Passwords", long, env = "TESSERA_ARGON2_MEMORY_KIB", default_value_t = defaults::ARGON2_MEMORY_KIB, global = true)]
+    argon2_memory_kib: u32,
 
     /// Argon2id iterations.
-    #[arg(help_heading = "Password hashing", long, env = "TESSERA_ARGON2_ITERATIONS", default_value_t = defaults::ARGON2_ITERATIONS, global = true)]
-    pub argon2_iterations: u32,
+    #[arg(help_heading = "Passwords", long, env = "TESSERA_ARGON2_ITERATIONS", default_value_t = defaults::ARGON2_ITERATIONS, global = true)]
+    argon2_iterations: u32,
 
     /// Argon2id parallelism.
-    #[arg(help_heading = "Password hashing", long, env = "TESSERA_ARGON2_PARALLELISM", default_value_t = defaults::ARGON2_PARALLELISM, global = true)]
-    pub argon2_parallelism: u32,
+    #[arg(help_heading = "Passwords", long, env = "TESSERA_ARGON2_PARALLELISM", default_value_t = defaults::ARGON2_PARALLELISM, global = true)]
+    argon2_parallelism: u32,
 
     /// Accept argon2id parameters below OWASP's floor.
     #[arg(
-        help_heading = "Password hashing",
+        help_heading = "Passwords",
         long,
         env = "TESSERA_ARGON2_ALLOW_WEAK",
         global = true
     )]
-    pub argon2_allow_weak: bool,
-
-    /// Password hashes computed at once (default: half the CPUs, at least one).
-    #[arg(
-        help_heading = "Password hashing",
-        long,
-        env = "TESSERA_HASHING_CONCURRENCY",
-        global = true
-    )]
-    pub hashing_concurrency: Option<usize>,
-
-    /// Logins allowed to wait for hashing before RESOURCE_EXHAUSTED.
-    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_HASHING_QUEUE", default_value_t = defaults::HASHING_QUEUE, global = true)]
-    pub hashing_queue: usize,
-
-    /// Longest time one RPC may take.
-    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_REQUEST_TIMEOUT", default_value_t = defaults::REQUEST_TIMEOUT.into(), global = true)]
-    pub request_timeout: humantime::Duration,
+    argon2_allow_weak: bool,
 
     /// Shortest password accepted by `user add` and `user set-password`.
-    #[arg(help_heading = "Tokens", long, env = "TESSERA_PASSWORD_MIN_LENGTH", default_value_t = defaults::PASSWORD_MIN_LENGTH, global = true)]
-    pub password_min_length: usize,
+    #[arg(help_heading = "Passwords", long, env = "TESSERA_PASSWORD_MIN_LENGTH", default_value_t = defaults::PASSWORD_MIN_LENGTH, global = true)]
+    password_min_length: usize,
+}
 
-    /// Failed logins for one account from one address before each further
-    /// one doubles a delay (1 s, 2 s, ... 15 min) for that pair.
-    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_LOGIN_FAILURES_BEFORE_DELAY", default_value_t = defaults::LOGIN_FAILURES_BEFORE_DELAY, global = true)]
-    pub login_failures_before_delay: u32,
+/// How `serve` listens, follows the database and sheds load.
+///
+/// Every flag is also read from its `TESSERA_*` environment variable, and is
+/// global: given on a command, it applies to its subcommands.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ServeOptions {
+    /// Address to serve gRPC on.
+    #[arg(help_heading = "Serving", long, env = "TESSERA_LISTEN_ADDR", default_value = defaults::LISTEN_ADDR, global = true)]
+    listen_addr: SocketAddr,
 
-    /// Password logins one address may have hashing or queued for hashing
-    /// at once; more wait their turn (up to 16 times this), then are refused.
-    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_LOGIN_MAX_IN_FLIGHT_PER_PEER", default_value_t = defaults::LOGIN_MAX_IN_FLIGHT_PER_PEER, global = true)]
-    pub login_max_in_flight_per_peer: usize,
-
-    /// Open connections at most (kept under 3/4 of the open-file limit).
-    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS, global = true)]
-    pub max_connections: usize,
-
-    /// Open connections from one address at most.
-    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = defaults::MAX_CONNECTIONS_PER_ADDRESS, global = true)]
-    pub max_connections_per_address: usize,
-
-    /// How long a new connection may go without making a call.
-    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_HANDSHAKE_TIMEOUT", default_value_t = defaults::HANDSHAKE_TIMEOUT.into(), global = true)]
-    pub handshake_timeout: humantime::Duration,
-
-    /// How often expired revocation entries, refresh tokens and sessions are deleted.
-    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_PRUNE_INTERVAL", default_value_t = defaults::PRUNE_INTERVAL.into(), global = true)]
-    pub prune_interval: humantime::Duration,
+    /// Address to serve HTTP on (the JWKS at /.well-known/jwks.json, RFC
+    /// 8414 metadata, /livez, /readyz); unset: no HTTP listener.
+    #[arg(
+        help_heading = "Serving",
+        long,
+        env = "TESSERA_HTTP_ADDR",
+        global = true
+    )]
+    http_addr: Option<SocketAddr>,
 
     /// PEM certificate chain: with --tls-key, every listener speaks TLS
     /// (1.2 and 1.3 only). Re-read when the file changes.
     #[arg(
-        help_heading = "Serving (tessera serve)",
+        help_heading = "Serving",
         long,
         env = "TESSERA_TLS_CERT",
         global = true
     )]
-    pub tls_cert: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
 
     /// PEM private key of --tls-cert.
-    #[arg(
-        help_heading = "Serving (tessera serve)",
-        long,
-        env = "TESSERA_TLS_KEY",
-        global = true
-    )]
-    pub tls_key: Option<PathBuf>,
+    #[arg(help_heading = "Serving", long, env = "TESSERA_TLS_KEY", global = true)]
+    tls_key: Option<PathBuf>,
 
     /// PEM bundle of CAs client certificates are verified against (mTLS).
     #[arg(
-        help_heading = "Serving (tessera serve)",
+        help_heading = "Serving",
         long,
         env = "TESSERA_TLS_CLIENT_CA",
         global = true
     )]
-    pub tls_client_ca: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
 
     /// With a client CA: whether every client must present a certificate.
     #[arg(
-        help_heading = "Serving (tessera serve)",
+        help_heading = "Serving",
         long,
         env = "TESSERA_TLS_CLIENT_AUTH",
         value_enum,
         default_value = "required",
         global = true
     )]
-    pub tls_client_auth: ClientAuth,
+    tls_client_auth: ClientAuth,
+
+    /// Longest time one RPC may take.
+    #[arg(help_heading = "Serving", long, env = "TESSERA_REQUEST_TIMEOUT", default_value_t = defaults::REQUEST_TIMEOUT.into(), global = true)]
+    request_timeout: humantime::Duration,
+
+    /// Open connections at most (kept under 3/4 of the open-file limit).
+    #[arg(help_heading = "Serving", long, env = "TESSERA_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS, global = true)]
+    max_connections: usize,
+
+    /// Open connections from one address at most.
+    #[arg(help_heading = "Serving", long, env = "TESSERA_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = defaults::MAX_CONNECTIONS_PER_ADDRESS, global = true)]
+    max_connections_per_address: usize,
+
+    /// How long a new connection may go without making a call.
+    #[arg(help_heading = "Serving", long, env = "TESSERA_HANDSHAKE_TIMEOUT", default_value_t = defaults::HANDSHAKE_TIMEOUT.into(), global = true)]
+    handshake_timeout: humantime::Duration,
 
     /// How long a connection may stay open with no call in flight.
-    #[arg(help_heading = "Serving (tessera serve)", long, env = "TESSERA_CONNECTION_IDLE_TIMEOUT", default_value_t = defaults::CONNECTION_IDLE_TIMEOUT.into(), global = true)]
-    pub connection_idle_timeout: humantime::Duration,
+    #[arg(help_heading = "Serving", long, env = "TESSERA_CONNECTION_IDLE_TIMEOUT", default_value_t = defaults::CONNECTION_IDLE_TIMEOUT.into(), global = true)]
+    connection_idle_timeout: humantime::Duration,
+
+    /// Password hashes computed at once (default: half the CPUs, at least one).
+    #[arg(
+        help_heading = "Serving",
+        long,
+        env = "TESSERA_HASHING_CONCURRENCY",
+        global = true
+    )]
+    hashing_concurrency: Option<usize>,
+
+    /// Logins allowed to wait for hashing before RESOURCE_EXHAUSTED.
+    #[arg(help_heading = "Serving", long, env = "TESSERA_HASHING_QUEUE", default_value_t = defaults::HASHING_QUEUE, global = true)]
+    hashing_queue: usize,
+
+    /// Failed logins for one account from one address before each further
+    /// one doubles a delay (1 s, 2 s, ... 15 min) for that pair.
+    #[arg(help_heading = "Serving", long, env = "TESSERA_LOGIN_FAILURES_BEFORE_DELAY", default_value_t = defaults::LOGIN_FAILURES_BEFORE_DELAY, global = true)]
+    login_failures_before_delay: u32,
+
+    /// Password logins one address may have hashing or queued for hashing
+    /// at once; more wait their turn (up to 16 times this), then are refused.
+    #[arg(help_heading = "Serving", long, env = "TESSERA_LOGIN_MAX_IN_FLIGHT_PER_PEER", default_value_t = defaults::LOGIN_MAX_IN_FLIGHT_PER_PEER, global = true)]
+    login_max_in_flight_per_peer: usize,
+
+    /// Backstop poll of the revocation log (PostgreSQL also pushes changes).
+    #[arg(help_heading = "Serving", long, env = "TESSERA_REVOCATION_POLL_INTERVAL", default_value_t = defaults::REVOCATION_POLL_INTERVAL.into(), global = true)]
+    revocation_poll_interval: humantime::Duration,
+
+    /// Fail closed (Introspect UNAVAILABLE, health NOT_SERVING) when the
+    /// revocation log could not be read for this long.
+    #[arg(help_heading = "Serving", long, env = "TESSERA_REVOCATION_STALE_AFTER", default_value_t = defaults::REVOCATION_STALE_AFTER.into(), global = true)]
+    revocation_stale_after: humantime::Duration,
+
+    /// How often expired revocation entries, refresh tokens and sessions are deleted.
+    #[arg(help_heading = "Serving", long, env = "TESSERA_PRUNE_INTERVAL", default_value_t = defaults::PRUNE_INTERVAL.into(), global = true)]
+    prune_interval: humantime::Duration,
 }
 
 /// A setting that does not make sense.
@@ -439,10 +458,100 @@ pub struct SettingsError {
     reason: String,
 }
 
+/// Every setting: what `serve` and `config` take.
+#[derive(Debug, Clone, Args)]
+pub struct Options {
+    #[command(flatten)]
+    store: StoreOptions,
+    #[command(flatten)]
+    tokens: TokenOptions,
+    #[command(flatten)]
+    passwords: PasswordOptions,
+    #[command(flatten)]
+    serving: ServeOptions,
+}
+
+/// What the admin commands that change clients, keys and revocations take.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct AdminOptions {
+    #[command(flatten)]
+    store: StoreOptions,
+    #[command(flatten)]
+    tokens: TokenOptions,
+}
+
+/// What the user commands take: the admin settings and password hashing.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct UserOptions {
+    #[command(flatten)]
+    admin: AdminOptions,
+    #[command(flatten)]
+    passwords: PasswordOptions,
+}
+
+/// Builds validated [`Settings`] from the store options and whichever other
+/// groups a command takes; the groups it does not take keep their defaults.
+fn settings(
+    store: &StoreOptions,
+    tokens: Option<&TokenOptions>,
+    passwords: Option<&PasswordOptions>,
+    serving: Option<&ServeOptions>,
+) -> Result<Settings, SettingsError> {
+    let mut settings = Settings::new(&store.data_dir);
+    store.apply(&mut settings)?;
+    if let Some(tokens) = tokens {
+        tokens.apply(&mut settings)?;
+    }
+    if let Some(passwords) = passwords {
+        passwords.apply(&mut settings);
+    }
+    if let Some(serving) = serving {
+        serving.apply(&mut settings)?;
+    }
+    settings.validate()?;
+    Ok(settings)
+}
+
 impl Options {
     /// Validates the options into [`Settings`].
     pub fn settings(&self) -> Result<Settings, SettingsError> {
-        let mut settings = Settings::new(&self.data_dir);
+        settings(
+            &self.store,
+            Some(&self.tokens),
+            Some(&self.passwords),
+            Some(&self.serving),
+        )
+    }
+}
+
+impl AdminOptions {
+    /// Validates the options into [`Settings`] (serving settings at their
+    /// defaults).
+    pub(crate) fn settings(&self) -> Result<Settings, SettingsError> {
+        settings(&self.store, Some(&self.tokens), None, None)
+    }
+}
+
+impl UserOptions {
+    /// Validates the options into [`Settings`] (serving settings at their
+    /// defaults).
+    pub(crate) fn settings(&self) -> Result<Settings, SettingsError> {
+        settings(
+            &self.admin.store,
+            Some(&self.admin.tokens),
+            Some(&self.passwords),
+            None,
+        )
+    }
+}
+
+impl StoreOptions {
+    /// Validates the options into [`Settings`] (all else at its defaults).
+    pub(crate) fn settings(&self) -> Result<Settings, SettingsError> {
+        settings(self, None, None, None)
+    }
+
+    fn apply(&self, settings: &mut Settings) -> Result<(), SettingsError> {
         if let Some(url) = &self.database_url {
             settings.database_url = SecretString::from(url.clone());
         }
@@ -461,8 +570,12 @@ impl Options {
                 )),
                 (None, None) => None,
             };
-        settings.listen_addr = self.listen_addr;
-        settings.http_addr = self.http_addr;
+        Ok(())
+    }
+}
+
+impl TokenOptions {
+    fn apply(&self, settings: &mut Settings) -> Result<(), SettingsError> {
         settings.tokens = TokenSettings {
             issuer: self.issuer.clone(),
             default_audience: Audience::parse(&self.default_audience).map_err(|e| {
@@ -478,22 +591,34 @@ impl Options {
             leeway: self.clock_leeway.into(),
         };
         settings.signing_alg = self.signing_alg;
-        settings.hashing = HashingSettings {
-            memory_kib: self.argon2_memory_kib,
-            iterations: self.argon2_iterations,
-            parallelism: self.argon2_parallelism,
-            max_concurrent: self
-                .hashing_concurrency
-                .unwrap_or_else(default_hashing_concurrency),
-            max_waiting: self.hashing_queue,
-            allow_weak: self.argon2_allow_weak,
-        };
+        settings.follow.key_refresh_interval = self.key_refresh_interval.into();
+        Ok(())
+    }
+}
+
+impl PasswordOptions {
+    fn apply(&self, settings: &mut Settings) {
+        settings.hashing.memory_kib = self.argon2_memory_kib;
+        settings.hashing.iterations = self.argon2_iterations;
+        settings.hashing.parallelism = self.argon2_parallelism;
+        settings.hashing.allow_weak = self.argon2_allow_weak;
+        settings.password_min_length = self.password_min_length;
+    }
+}
+
+impl ServeOptions {
+    fn apply(&self, settings: &mut Settings) -> Result<(), SettingsError> {
+        settings.listen_addr = self.listen_addr;
+        settings.http_addr = self.http_addr;
+        settings.hashing.max_concurrent = self
+            .hashing_concurrency
+            .unwrap_or_else(default_hashing_concurrency);
+        settings.hashing.max_waiting = self.hashing_queue;
         settings.throttle = ThrottleSettings {
             failures_before_delay: self.login_failures_before_delay,
             max_in_flight_per_peer: self.login_max_in_flight_per_peer.max(1),
             ..ThrottleSettings::default()
         };
-        settings.password_min_length = self.password_min_length;
         settings.prune_interval = self.prune_interval.into();
         settings.tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsSettings {
@@ -522,14 +647,10 @@ impl Options {
             handshake_timeout: self.handshake_timeout.into(),
             idle_timeout: self.connection_idle_timeout.into(),
         };
-        settings.follow = FollowSettings {
-            poll_interval: self.revocation_poll_interval.into(),
-            key_refresh_interval: self.key_refresh_interval.into(),
-        };
+        settings.follow.poll_interval = self.revocation_poll_interval.into();
         settings.revocation_stale_after = self.revocation_stale_after.into();
         settings.request_timeout = self.request_timeout.into();
-        settings.validate()?;
-        Ok(settings)
+        Ok(())
     }
 }
 

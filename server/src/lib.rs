@@ -57,9 +57,9 @@ pub use model::{
 };
 pub use startup::{Application, StartupError, load_kek, open_admin, open_store, shutdown_signal};
 pub use store::{
-    Backend, ClientCredential, ClientRecord, Exchange, ExchangeRequest, NewRefreshToken,
-    NewSession, Pruned, RefreshTokenRecord, Store, StoreError, StoredKey, Successor, UserChange,
-    UserRecord, connect as connect_store,
+    Backend, ClientChange, ClientCredential, ClientRecord, Exchange, ExchangeRequest,
+    NewRefreshToken, NewSession, Pruned, RefreshTokenRecord, Store, StoreError, StoredKey,
+    Successor, UserChange, UserRecord, connect as connect_store,
 };
 pub use telemetry::{Telemetry, TelemetryError, init as init_telemetry};
 pub use tessera_token::Algorithm;

@@ -150,6 +150,19 @@ pub enum UserChange {
     Delete,
 }
 
+/// A change to a client that ends every token it holds.
+#[derive(Debug, Clone)]
+pub enum ClientChange {
+    /// Disabled: it cannot get tokens until enabled again.
+    Disable,
+    /// New scopes.
+    Scopes(ScopeSet),
+    /// New roles.
+    Roles(ScopeSet),
+    /// Gone.
+    Delete,
+}
+
 /// How a client proves who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientCredential {
@@ -381,11 +394,13 @@ pub trait Store: Send + Sync + 'static {
         expires_at: UnixTime,
     ) -> Result<Option<String>, StoreError>;
 
-    /// Deletes a client and revokes every token it holds, in one
-    /// transaction; false if there is no such client.
-    async fn delete_client(
+    /// Changes a client and revokes every token it holds (a subject entry
+    /// for its id, its tokens' `sub`), in one transaction; false if there
+    /// is no such client.
+    async fn change_client(
         &self,
         id: &ClientId,
+        change: &ClientChange,
         at: UnixTime,
         expires_at: UnixTime,
     ) -> Result<bool, StoreError>;
@@ -396,15 +411,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every user, by name.
     async fn users(&self) -> Result<Vec<UserRecord>, StoreError>;
-
-    /// Disables a client and appends a subject revocation of its id (its
-    /// tokens' `sub`), atomically; false if there is no such client.
-    async fn disable_client(
-        &self,
-        id: &ClientId,
-        at: UnixTime,
-        expires_at: UnixTime,
-    ) -> Result<bool, StoreError>;
 
     /// Revokes every token of subject `sub` issued until `at`: its sessions
     /// (refresh tokens) and a subject entry in the revocation log.

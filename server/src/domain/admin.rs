@@ -11,7 +11,9 @@ use crate::{
         Audience, ClientId, Clock, Password, Revocation, RevocationKind, ScopeSet, SecretHash,
         Username, new_client_secret, random_id,
     },
-    store::{ClientCredential, ClientRecord, Store, StoreError, UserChange, UserRecord},
+    store::{
+        ClientChange, ClientCredential, ClientRecord, Store, StoreError, UserChange, UserRecord,
+    },
 };
 
 /// How a new client will authenticate.
@@ -199,16 +201,29 @@ impl Admin {
         self.store.users().await.map_err(AdminError::Store)
     }
 
-    /// Disables a client and revokes every token it holds, on every replica.
-    pub async fn disable_client(&self, id: &ClientId) -> Result<(), AdminError> {
+    /// Changes a client (disables, deletes, or gives it new scopes or
+    /// roles) and revokes every token it holds, on every replica: it gets
+    /// new tokens under the new terms. A token issued in the same second
+    /// as the change is denied too (revocations are kept to the second).
+    pub async fn change_client(
+        &self,
+        id: &ClientId,
+        change: ClientChange,
+    ) -> Result<(), AdminError> {
+        let event = match change {
+            ClientChange::Disable => "client_disabled",
+            ClientChange::Scopes(_) => "client_scopes_set",
+            ClientChange::Roles(_) => "client_roles_set",
+            ClientChange::Delete => "client_deleted",
+        };
         let now = self.clock.now();
-        let found = self
+        if self
             .store
-            .disable_client(id, now, self.tokens.revocation_expiry(now))
+            .change_client(id, &change, now, self.tokens.revocation_expiry(now))
             .await
-            .map_err(AdminError::Store)?;
-        if found {
-            audit("client_disabled", id.as_str(), id.as_str());
+            .map_err(AdminError::Store)?
+        {
+            audit(event, id.as_str(), id.as_str());
             Ok(())
         } else {
             Err(AdminError::UnknownClient(id.to_string()))
@@ -324,22 +339,6 @@ impl Admin {
             .ok_or_else(|| AdminError::UnknownUser(username.to_string()))?;
         audit(event, &id, username.as_str());
         Ok(())
-    }
-
-    /// Deletes a client and revokes every token it holds.
-    pub async fn delete_client(&self, id: &ClientId) -> Result<(), AdminError> {
-        let now = self.clock.now();
-        if self
-            .store
-            .delete_client(id, now, self.tokens.revocation_expiry(now))
-            .await
-            .map_err(AdminError::Store)?
-        {
-            audit("client_deleted", id.as_str(), id.as_str());
-            Ok(())
-        } else {
-            Err(AdminError::UnknownClient(id.to_string()))
-        }
     }
 }
 

@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::{Acquire, AnyConnection, AnyPool, FromRow};
 
 use super::{
-    Backend, ChangeFeed, ClientCredential, ClientRecord, Exchange, ExchangeRequest,
+    Backend, ChangeFeed, ClientChange, ClientCredential, ClientRecord, Exchange, ExchangeRequest,
     NewRefreshToken, NewSession, Pruned, RefreshTokenRecord, Store, StoreError, StoredKey,
     UserChange, UserRecord, group_commit::GroupCommit, postgres, sqlite,
 };
@@ -117,34 +117,6 @@ impl SqlStore {
     /// Disables (or with `delete`, deletes) a client and revokes every
     /// token it holds, in one transaction. False when there is no such
     /// client.
-    async fn end_client(
-        &self,
-        delete: bool,
-        id: &ClientId,
-        at: UnixTime,
-        expires_at: UnixTime,
-    ) -> Result<bool, StoreError> {
-        self.write(async |conn| {
-            let statement = if delete {
-                sqlx::query("DELETE FROM clients WHERE id = $1").bind(id.as_str())
-            } else {
-                sqlx::query(
-                    "UPDATE clients SET disabled_at = COALESCE(disabled_at, $2) WHERE id = $1",
-                )
-                .bind(id.as_str())
-                .bind(at.as_secs())
-            };
-            let touched = statement.execute(&mut *conn).await?;
-            if touched.rows_affected() == 0 {
-                return Ok(false);
-            }
-            self.revoke_subject_in(conn, id.as_str(), at, expires_at)
-                .await?;
-            Ok(true)
-        })
-        .await
-    }
-
     /// Inside the caller's transaction: revokes every session of subject
     /// `sub` (a user's id; a client has none) and appends a revocation for
     /// each of those sessions and for the subject.
@@ -600,14 +572,44 @@ impl Store for SqlStore {
         .collect()
     }
 
-    #[tracing::instrument(name = "db.clients.disable", skip_all)]
-    async fn disable_client(
+    #[tracing::instrument(name = "db.clients.change", skip_all)]
+    async fn change_client(
         &self,
         id: &ClientId,
+        change: &ClientChange,
         at: UnixTime,
         expires_at: UnixTime,
     ) -> Result<bool, StoreError> {
-        self.end_client(false, id, at, expires_at).await
+        self.write(async |conn| {
+            let statement = match change {
+                ClientChange::Disable => sqlx::query(
+                    "UPDATE clients SET disabled_at = COALESCE(disabled_at, $2) WHERE id = $1",
+                )
+                .bind(id.as_str())
+                .bind(at.as_secs()),
+                ClientChange::Scopes(scopes) => {
+                    sqlx::query("UPDATE clients SET scopes = $2 WHERE id = $1")
+                        .bind(id.as_str())
+                        .bind(scopes.joined())
+                }
+                ClientChange::Roles(roles) => {
+                    sqlx::query("UPDATE clients SET roles = $2 WHERE id = $1")
+                        .bind(id.as_str())
+                        .bind(roles.joined())
+                }
+                ClientChange::Delete => {
+                    sqlx::query("DELETE FROM clients WHERE id = $1").bind(id.as_str())
+                }
+            };
+            let touched = statement.execute(&mut *conn).await?;
+            if touched.rows_affected() == 0 {
+                return Ok(false);
+            }
+            self.revoke_subject_in(conn, id.as_str(), at, expires_at)
+                .await?;
+            Ok(true)
+        })
+        .await
     }
 
     #[tracing::instrument(name = "db.subjects.revoke", skip_all)]
@@ -677,16 +679,6 @@ impl Store for SqlStore {
             Ok(Some(id))
         })
         .await
-    }
-
-    #[tracing::instrument(name = "db.clients.delete", skip_all)]
-    async fn delete_client(
-        &self,
-        id: &ClientId,
-        at: UnixTime,
-        expires_at: UnixTime,
-    ) -> Result<bool, StoreError> {
-        self.end_client(true, id, at, expires_at).await
     }
 
     #[tracing::instrument(name = "db.clients.rotate_secret", skip_all)]

@@ -14,11 +14,12 @@ use tessera::pb::{
 };
 use tokio::time::Instant;
 
+use crate::helpers::client_grant;
+
 fn tessera(data_dir: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
     command
-        .arg("--data-dir")
-        .arg(data_dir)
+        .env("TESSERA_DATA_DIR", data_dir)
         .env_remove("TESSERA_DATABASE_URL")
         .env_remove("TESSERA_KEY_ENCRYPTION_KEY")
         .env("RUST_LOG", "info");
@@ -261,8 +262,7 @@ async fn out_of_file_descriptors_the_server_neither_spins_nor_stops_serving() {
     command
         .args(["-c", "ulimit -n 256 && exec \"$0\" \"$@\""])
         .arg(env!("CARGO_BIN_EXE_tessera"))
-        .arg("--data-dir")
-        .arg(dir.path())
+        .env("TESSERA_DATA_DIR", dir.path())
         .args([
             "serve",
             "--listen-addr",
@@ -578,12 +578,6 @@ async fn an_operator_disables_and_enables_clients_and_users_lists_them_and_revok
     let mut api = TokenServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    let client_grant = |id: &str, secret: &str| {
-        issue(Grant::ClientCredentials(ClientCredentialsGrant {
-            client_id: id.into(),
-            client_secret: secret.into(),
-        }))
-    };
     let bearer = api
         .issue(client_grant("inspector", &inspector))
         .await
@@ -704,13 +698,7 @@ async fn an_operator_disables_and_enables_clients_and_users_lists_them_and_revok
 
 /// A claim of a token, read without verifying (the test made the token).
 fn claim_of(token: &str, name: &str) -> String {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    claims[name].as_str().unwrap().to_owned()
+    claims_of(token)[name].as_str().unwrap().to_owned()
 }
 
 fn jti_of(token: &str) -> String {
@@ -964,12 +952,6 @@ async fn set_password_set_scopes_and_delete_end_the_old_sessions() {
     let mut api = TokenServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    let client = |id: &str, secret: &str| {
-        issue(Grant::ClientCredentials(ClientCredentialsGrant {
-            client_id: id.into(),
-            client_secret: secret.into(),
-        }))
-    };
     let login = |password: &str| {
         issue(Grant::Password(PasswordGrant {
             username: "alice".into(),
@@ -977,7 +959,7 @@ async fn set_password_set_scopes_and_delete_end_the_old_sessions() {
         }))
     };
     let bearer = api
-        .issue(client("inspector", &inspector))
+        .issue(client_grant("inspector", &inspector))
         .await
         .unwrap()
         .into_inner()
@@ -1047,14 +1029,14 @@ async fn set_password_set_scopes_and_delete_end_the_old_sessions() {
     assert!(one_line_error(&again).contains("no user named alice"));
 
     let token = api
-        .issue(client("billing", &billing))
+        .issue(client_grant("billing", &billing))
         .await
         .unwrap()
         .into_inner()
         .access_token;
     admin(d, &["client", "delete", "billing"]);
     introspects(&mut api, &bearer, &token, false).await;
-    assert!(api.issue(client("billing", &billing)).await.is_err());
+    assert!(api.issue(client_grant("billing", &billing)).await.is_err());
     assert!(!admin(d, &["client", "list"]).contains("billing"));
     let _ = server.kill();
     let _ = server.wait();
@@ -1062,13 +1044,7 @@ async fn set_password_set_scopes_and_delete_end_the_old_sessions() {
 
 /// The `kid` in a token's header.
 fn kid_of(token: &str) -> String {
-    use base64::Engine;
-    let header = token.split('.').next().unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header)
-        .unwrap();
-    let header: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    header["kid"].as_str().unwrap().to_owned()
+    jwt_part(token, 0)["kid"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -1176,10 +1152,83 @@ fn the_key_encryption_key_is_read_from_a_file_and_its_flag_is_not_advertised() {
         missing.contains("TESSERA_KEY_ENCRYPTION_KEY_FILE") && missing.contains("missing"),
         "{missing}"
     );
-    let help = tessera(d).arg("--help").output().unwrap();
-    let help = String::from_utf8_lossy(&help.stdout);
+    let help = help_of(&["keys", "rotate"]);
     assert!(help.contains("--key-encryption-key-file"));
     assert!(!help.contains("--key-encryption-key <"), "{help}");
+}
+
+fn help_of(command: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tessera(dir.path())
+        .args(command)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn each_command_shows_only_the_options_it_uses_its_own_first() {
+    let serving = [
+        "--listen-addr",
+        "--tls-cert <",
+        "--max-connections <",
+        "--http-addr",
+    ];
+    let store = ["--database-url", "--data-dir", "--key-encryption-key-file"];
+    // Server options on `serve` (and `config`, which prints them) only.
+    for command in [&["serve"][..], &["config"]] {
+        let help = help_of(command);
+        for flag in serving.iter().chain(&store) {
+            assert!(help.contains(flag), "{command:?} lacks {flag}:\n{help}");
+        }
+    }
+    for command in [
+        &["user", "add"][..],
+        &["user", "list"],
+        &["client", "add"],
+        &["keys", "rotate"],
+        &["revoke"],
+        &["migrate"],
+    ] {
+        let help = help_of(command);
+        for flag in &serving {
+            assert!(!help.contains(flag), "{command:?} shows {flag}:\n{help}");
+        }
+        for flag in &store {
+            assert!(help.contains(flag), "{command:?} lacks {flag}:\n{help}");
+        }
+    }
+    // Password hashing where passwords are set, not for clients.
+    assert!(help_of(&["user", "set-password"]).contains("--argon2-memory-kib"));
+    assert!(!help_of(&["client", "add"]).contains("--argon2-memory-kib"));
+    // `health` talks to a server: no database at all.
+    let health = help_of(&["health"]);
+    for flag in store.iter().chain(&["--issuer", "--tls-cert <"]) {
+        assert!(!health.contains(flag), "health shows {flag}:\n{health}");
+    }
+    // A command's own options come before the shared settings.
+    let add = help_of(&["user", "add"]);
+    assert!(
+        add.find("--scope").unwrap() < add.find("--database-url").unwrap(),
+        "{add}"
+    );
+    // The settings still work before the subcommand of a group.
+    let dir = tempfile::tempdir().unwrap();
+    let listed = tessera(dir.path())
+        .env_remove("TESSERA_DATA_DIR")
+        .args(["user", "--data-dir"])
+        .arg(dir.path())
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(dir.path().join("tessera.db").exists());
 }
 
 #[tokio::test]
@@ -1205,22 +1254,102 @@ async fn roles_are_assigned_with_role_and_replaced_with_set_roles() {
             password: "a long password".into(),
         }))
     };
-    let roles_of = |token: &str| {
-        use base64::Engine;
-        let payload = token.split('.').nth(1).unwrap();
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["roles"].clone()
-    };
+    let roles_of = |token: &str| claims_of(token)["roles"].clone();
     let first = api.issue(login()).await.unwrap().into_inner().access_token;
     assert_eq!(roles_of(&first), serde_json::json!(["admin"]));
     admin(d, &["user", "set-roles", "bob", "--role", "auditor"]);
     let second = api.issue(login()).await.unwrap().into_inner().access_token;
     assert_eq!(roles_of(&second), serde_json::json!(["auditor"]));
+    assert!(admin(d, &["user", "list"]).contains("read [auditor]"));
     admin(d, &["user", "set-roles", "bob"]);
     let third = api.issue(login()).await.unwrap().into_inner().access_token;
     assert!(roles_of(&third).is_null(), "no roles: the claim is omitted");
     let _ = server.kill();
     let _ = server.wait();
+}
+
+#[tokio::test]
+async fn a_clients_scopes_and_roles_are_replaced_and_its_old_tokens_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let inspector = add_inspector(d);
+    let secret = client_secret_of(&admin(
+        d,
+        &[
+            "client", "add", "billing", "--scope", "read", "--role", "clerk",
+        ],
+    ));
+    let (mut server, addr) = serve(d);
+    let mut api = TokenServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let bearer = api
+        .issue(client_grant("inspector", &inspector))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let old = api
+        .issue(client_grant("billing", &secret))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        claims_of(&old.access_token)["roles"],
+        serde_json::json!(["clerk"])
+    );
+    introspects(&mut api, &bearer, &old.access_token, true).await;
+
+    let said = admin(d, &["client", "set-roles", "billing", "--role", "auditor"]);
+    assert!(said.contains("auditor"), "{said}");
+    let listed = admin(d, &["client", "list"]);
+    assert!(listed.contains("[auditor]"), "{listed}");
+    admin(
+        d,
+        &[
+            "client",
+            "set-scopes",
+            "billing",
+            "--scope",
+            "read",
+            "--scope",
+            "write",
+        ],
+    );
+    introspects(&mut api, &bearer, &old.access_token, false).await;
+    // A token issued in the second of the change is denied with the old
+    // ones (revocations are kept to the second); one issued after is not.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let new = api
+        .issue(client_grant("billing", &secret))
+        .await
+        .unwrap()
+        .into_inner();
+    let claims = claims_of(&new.access_token);
+    assert_eq!(claims["roles"], serde_json::json!(["auditor"]));
+    assert_eq!(claims["scope"], "read write");
+    introspects(&mut api, &bearer, &new.access_token, true).await;
+
+    let unknown = tessera(d)
+        .args(["client", "set-roles", "nobody", "--role", "x"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&unknown).contains("no client nobody"));
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// The claims of a JWT, read without verifying (the test made the token).
+fn claims_of(token: &str) -> serde_json::Value {
+    jwt_part(token, 1)
+}
+
+/// Part `index` of a JWT (0 header, 1 claims) as JSON.
+fn jwt_part(token: &str, index: usize) -> serde_json::Value {
+    use base64::Engine;
+    let part = token.split('.').nth(index).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
 }
