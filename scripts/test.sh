@@ -2,7 +2,9 @@
 # Runs every test: unit tests, and the end-to-end suite on both backends.
 # Unless TESSERA_TEST_DATABASE_URL names a PostgreSQL server already, starts a
 # throwaway cluster (initdb into a temp folder, loopback only, TLS on with a
-# certificate made here, deleted on exit). Extra arguments go to `cargo test`.
+# certificate made here, deleted on exit). Installs the outside clients the
+# tests drive (scripts/outside) into target/ on first use. Extra arguments
+# go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,11 @@ if [ -z "${TESSERA_TEST_DATABASE_URL:-}" ]; then
   export TESSERA_TEST_PG_CA="$PG_CA"
   echo "throwaway PostgreSQL on 127.0.0.1:$PG_PORT (TLS, CA $TESSERA_TEST_PG_CA)"
 fi
+
+# The outside clients (PyJWKClient, jose, a Prometheus parser, grpcurl) the
+# end-to-end tests drive; installed once into target/.
+. scripts/lib/outside-tools.sh
+install_outside_tools
 
 # Every test binary runs even after one fails; one summary line at the end.
 log=$(mktemp)

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::helpers::client_grant;
 
-fn tessera(data_dir: &std::path::Path) -> Command {
+pub(crate) fn tessera(data_dir: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
     command
         .env("TESSERA_DATA_DIR", data_dir)
@@ -57,7 +57,20 @@ fn serve_with(command: Command) -> (Child, String) {
 
 /// Starts a prepared `serve` command; returns it, the address it logged,
 /// and every log line before that.
-fn serve_logging(mut command: Command) -> (Child, String, Vec<String>) {
+pub(crate) fn serve_logging(command: Command) -> (Child, String, Vec<String>) {
+    let (child, addr, before, _) = serve_watched(command);
+    (child, addr, before)
+}
+
+/// As [`serve_logging`], and every later log line through a channel.
+fn serve_watched(
+    mut command: Command,
+) -> (
+    Child,
+    String,
+    Vec<String>,
+    std::sync::mpsc::Receiver<String>,
+) {
     let mut child = command
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -77,8 +90,28 @@ fn serve_logging(mut command: Command) -> (Child, String, Vec<String>) {
         before.push(line);
     };
     // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(|l| eprintln!("server: {}", l.unwrap_or_default())));
-    (child, addr, before)
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines {
+            let line = line.unwrap_or_default();
+            eprintln!("server: {line}");
+            let _ = tx.send(line);
+        }
+    });
+    (child, addr, before, rx)
+}
+
+/// Waits (up to `within`) for a log line containing `needle`; returns it.
+fn await_line(log: &std::sync::mpsc::Receiver<String>, needle: &str, within: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no log line with {needle:?} within {within:?}"),
+        }
+    }
 }
 
 fn issue(grant: Grant) -> IssueRequest {
@@ -1352,4 +1385,52 @@ fn jwt_part(token: &str, index: usize) -> serde_json::Value {
         .decode(part)
         .unwrap();
     serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_logs_losing_its_database_and_being_back() {
+    let db = crate::helpers::TestDatabase::new(crate::helpers::Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = tessera(dir.path());
+    command
+        .env("TESSERA_DATABASE_URL", &db.url)
+        .env("TESSERA_KEY_ENCRYPTION_KEY", db.kek.expose_secret())
+        .args([
+            "serve",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--revocation-stale-after",
+            "2s",
+        ]);
+    let (mut server, _, _, log) = serve_watched(command);
+    await_line(&log, "ready: reporting SERVING", Duration::from_secs(10));
+
+    db.set_reachable(false).await;
+    let lost = await_line(
+        &log,
+        "cannot read the revocation log",
+        Duration::from_secs(10),
+    );
+    assert!(lost.contains("WARN"), "{lost}");
+    let down = await_line(
+        &log,
+        "not ready: reporting NOT_SERVING",
+        Duration::from_secs(10),
+    );
+    assert!(down.contains("revocation"), "the reason is named: {down}");
+
+    db.set_reachable(true).await;
+    let back = await_line(
+        &log,
+        "the revocation log is readable again",
+        Duration::from_secs(20),
+    );
+    assert!(back.contains("down_for_ms="), "{back}");
+    await_line(
+        &log,
+        "ready again: reporting SERVING",
+        Duration::from_secs(10),
+    );
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -92,6 +92,36 @@ impl TestDatabase {
 }
 
 impl TestDatabase {
+    /// PostgreSQL only: cuts every connection to this database off and
+    /// refuses new ones (a real outage, for this database alone), or lets
+    /// them in again.
+    pub(crate) async fn set_reachable(&self, reachable: bool) {
+        assert_eq!(
+            self.backend,
+            Backend::Postgres,
+            "an outage needs PostgreSQL"
+        );
+        let name = self.url.rsplit('/').next().unwrap().to_owned();
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&postgres_admin_url())
+            .await
+            .unwrap();
+        sqlx::query(&format!(
+            r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS {reachable}"#
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        if !reachable {
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            )
+            .bind(&name)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        }
+    }
+
     /// A new, empty SQLite database in `dir` (which the caller keeps alive).
     pub(crate) fn sqlite_in(dir: &std::path::Path) -> Self {
         Self {

@@ -182,22 +182,7 @@ async fn during_a_database_outage_a_caller_gets_unavailable_within_its_deadline(
     let secret = app.add_client("billing", &["read"], &[]).await;
     app.issue(client_grant("billing", &secret)).await.unwrap();
 
-    let name = db.url.rsplit('/').next().unwrap().to_owned();
-    let mut admin =
-        <sqlx::PgConnection as sqlx::Connection>::connect(&crate::helpers::postgres_admin_url())
-            .await
-            .unwrap();
-    sqlx::query(&format!(
-        r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS false"#
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
-        .bind(&name)
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    db.set_reachable(false).await;
 
     let mut request = tonic::Request::new(client_grant("billing", &secret));
     request.set_timeout(Duration::from_millis(800));
@@ -207,10 +192,5 @@ async fn during_a_database_outage_a_caller_gets_unavailable_within_its_deadline(
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(took < Duration::from_millis(800), "answered after {took:?}");
 
-    sqlx::query(&format!(
-        r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS true"#
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    db.set_reachable(true).await;
 }

@@ -21,6 +21,7 @@ mod guessing;
 mod hostile_tokens;
 mod limits;
 mod operations;
+mod outside;
 mod pki;
 mod replicas;
 mod restart;

@@ -136,22 +136,7 @@ async fn a_replica_that_cannot_read_the_log_fails_closed_and_recovers() {
     );
 
     // Cut the replica off its database for real.
-    let name = db.url.rsplit('/').next().unwrap().to_owned();
-    let admin_url = crate::helpers::postgres_admin_url();
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
-        .await
-        .unwrap();
-    sqlx::query(&format!(
-        r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS false"#
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
-        .bind(&name)
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    db.set_reachable(false).await;
 
     let closed = eventually(Duration::from_secs(10), || async {
         matches!(app.introspect_with(&bearer, &token).await, Err(s) if s.code() == Code::Unavailable)
@@ -172,12 +157,7 @@ async fn a_replica_that_cannot_read_the_log_fails_closed_and_recovers() {
         );
     }
 
-    sqlx::query(&format!(
-        r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS true"#
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    db.set_reachable(true).await;
     let recovered = eventually(Duration::from_secs(15), || async {
         matches!(app.introspect_with(&bearer, &token).await, Ok(r) if r.active)
     })
