@@ -60,9 +60,6 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
-    /// Another I/O failure.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
     /// A file or folder could not be created, read or secured.
     #[error("{what} {}: {source}", path.display())]
     Path {
@@ -203,7 +200,12 @@ impl Application {
                     Arc::clone(&authority),
                     Arc::clone(&readiness),
                     settings.tokens.issuer.clone(),
-                )?;
+                )
+                .map_err(|source| StartupError::Listen {
+                    addr,
+                    hint: "",
+                    source,
+                })?;
                 background.push(task);
                 tracing::info!(addr = %bound, tls = tls.is_some(), "serving HTTP (JWKS, metadata, probes)");
                 Some(bound)
@@ -423,27 +425,34 @@ pub fn load_kek(settings: &Settings, backend: Backend) -> Result<Kek, StartupErr
             "TESSERA_KEY_ENCRYPTION_KEY is required with PostgreSQL, and must be the same on every replica (base64 of 32 random bytes)".into(),
         ));
     }
+    // The folder first, so a folder that cannot be used is named as such.
+    prepare_private_dir(&settings.data_dir)?;
     let path = settings.data_dir.join("key-encryption-key");
+    let fail = |source| StartupError::Path {
+        what: "key-encryption key",
+        path: path.clone(),
+        source,
+    };
     match std::fs::read_to_string(&path) {
         Ok(encoded) => {
-            make_private(&path, 0o600).map_err(|source| StartupError::Path {
-                what: "key-encryption key",
-                path: path.clone(),
-                source,
-            })?;
-            Ok(Kek::from_base64(&SecretString::from(encoded))?)
+            make_private(&path, 0o600).map_err(fail)?;
+            Kek::from_base64(&SecretString::from(encoded)).map_err(|e| {
+                StartupError::Kek(format!(
+                    "{}: {e} (it was generated there; restore it from a backup)",
+                    path.display()
+                ))
+            })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            prepare_private_dir(&settings.data_dir)?;
             let encoded = Kek::generate_base64();
-            write_private_file(&path, encoded.expose_secret())?;
+            write_private_file(&path, encoded.expose_secret()).map_err(fail)?;
             tracing::warn!(
                 path = %path.display(),
                 "generated a key-encryption key for the embedded database; back it up, or set TESSERA_KEY_ENCRYPTION_KEY"
             );
             Ok(Kek::from_base64(&encoded)?)
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(fail(e)),
     }
 }
 

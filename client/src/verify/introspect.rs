@@ -195,6 +195,12 @@ impl Verifier for IntrospectionVerifier {
                 let span = tracing::debug_span!("tessera.verify", via = "introspect");
                 let answer = cell
                     .get_or_init(|| async {
+                        // A flight that ended between the cache check above
+                        // and taking this cell has left its answer.
+                        if let Some(answer) = self.cached(&key) {
+                            VerifyMetrics::bump(&self.metrics.cache_hits, "cache_hits");
+                            return answer;
+                        }
                         let answer = self.introspect(token).await;
                         self.remember(key, &answer);
                         answer

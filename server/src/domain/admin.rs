@@ -31,8 +31,13 @@ pub enum NewClientCredential {
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// The name or id is taken.
-    #[error("{0} already exists")]
-    Exists(String),
+    #[error("{what} already exists ({hint})")]
+    Exists {
+        /// The principal.
+        what: String,
+        /// What to do instead.
+        hint: String,
+    },
     /// No such user.
     #[error("no user named {0} (`tessera user list` shows them)")]
     UnknownUser(String),
@@ -62,9 +67,10 @@ fn audit(event: &'static str, sub: &str, name: &str) {
     tracing::info!(target: "tessera::audit", event, sub, name);
 }
 
-fn store_error(what: String) -> impl FnOnce(StoreError) -> AdminError {
+/// A conflict means `what` already exists; `hint` says what to do instead.
+fn store_error(what: String, hint: String) -> impl FnOnce(StoreError) -> AdminError {
     move |e| match e {
-        StoreError::Conflict => AdminError::Exists(what),
+        StoreError::Conflict => AdminError::Exists { what, hint },
         other => AdminError::Store(other),
     }
 }
@@ -122,7 +128,13 @@ impl Admin {
         self.store
             .insert_user(&user, self.clock.now())
             .await
-            .map_err(store_error(format!("user {}", user.username)))?;
+            .map_err(store_error(
+                format!("user {}", user.username),
+                format!(
+                    "`tessera user set-password {}`, `set-scopes` or `set-roles` change it",
+                    user.username
+                ),
+            ))?;
         audit("user_added", &user.id, user.username.as_str());
         Ok(user.id)
     }
@@ -177,7 +189,14 @@ impl Admin {
         self.store
             .insert_client(&client, self.clock.now())
             .await
-            .map_err(store_error(format!("client {}", client.id)))?;
+            .map_err(store_error(
+                format!("client {}", client.id),
+                format!(
+                    "`tessera client rotate-secret {}` gives it a new secret; `set-scopes` \
+                     or `set-roles` change it",
+                    client.id
+                ),
+            ))?;
         audit("client_added", client.id.as_str(), client.id.as_str());
         Ok(secret)
     }

@@ -463,8 +463,10 @@ fn command_errors_are_one_line_without_a_backtrace_and_say_what_to_do() {
     );
     let duplicate = one_line_error(&run_with_stdin(&mut add(), "a long password\n"));
     assert!(
-        duplicate.contains("alice") && duplicate.contains("already exists"),
-        "{duplicate}"
+        duplicate.contains("alice")
+            && duplicate.contains("already exists")
+            && duplicate.contains("tessera user set-password alice"),
+        "says what to do instead: {duplicate}"
     );
     let empty = one_line_error(&run_with_stdin(&mut add(), "\n"));
     assert_eq!(empty.matches("password is empty").count(), 1, "{empty}");
@@ -479,6 +481,42 @@ fn command_errors_are_one_line_without_a_backtrace_and_say_what_to_do() {
             .unwrap(),
     );
     assert!(unmigrated.contains("tessera migrate"), "{unmigrated}");
+}
+
+#[test]
+fn an_unusable_data_folder_or_key_file_is_named_by_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    // A path under a regular file cannot be a folder, even for root.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let unusable = file.join("data");
+    for command in [
+        &["serve", "--listen-addr", "127.0.0.1:0"][..],
+        &["migrate"],
+        &["user", "list"],
+        &["keys", "rotate"],
+    ] {
+        let error = one_line_error(&tessera(&unusable).args(command).output().unwrap());
+        assert!(
+            error.contains(&format!("data folder {}", unusable.display())),
+            "{command:?}: {error}"
+        );
+    }
+    // A damaged generated key-encryption key: its path and what to do.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("key-encryption-key"), "not a key").unwrap();
+    let error = one_line_error(
+        &tessera(&data)
+            .args(["serve", "--listen-addr", "127.0.0.1:0"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        error.contains(&data.join("key-encryption-key").display().to_string())
+            && error.contains("backup"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -1402,8 +1440,13 @@ async fn a_replica_logs_losing_its_database_and_being_back() {
             "--revocation-stale-after",
             "2s",
         ]);
-    let (mut server, _, _, log) = serve_watched(command);
-    await_line(&log, "ready: reporting SERVING", Duration::from_secs(10));
+    let (mut server, _, before, log) = serve_watched(command);
+    if !before
+        .iter()
+        .any(|l| l.contains("ready: reporting SERVING"))
+    {
+        await_line(&log, "ready: reporting SERVING", Duration::from_secs(10));
+    }
 
     db.set_reachable(false).await;
     let lost = await_line(
