@@ -4,10 +4,14 @@
 
 use std::fmt;
 
-use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair,
+use aws_lc_rs::{
+    rand::SystemRandom,
+    signature::{
+        ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
+    },
 };
-use jsonwebtoken::{DecodingKey, EncodingKey, Header, jwk::Jwk};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{DecodingKey, jwk::Jwk};
 
 use crate::{ACCESS_TOKEN_TYPE, AccessClaims, Algorithm};
 
@@ -25,11 +29,20 @@ pub enum KeyError {
     Sign(String),
 }
 
+/// The parsed private key: parsed (and checked) once, not per token.
+enum Signer {
+    Es256(EcdsaKeyPair),
+    EdDsa(Ed25519KeyPair),
+    Rs256(RsaKeyPair),
+}
+
 /// A private key that signs access tokens under its `kid`.
 pub struct SigningKey {
     kid: String,
     alg: Algorithm,
-    encoding: EncodingKey,
+    signer: Signer,
+    /// The base64url JOSE header every token of this key carries.
+    header: String,
 }
 
 impl fmt::Debug for SigningKey {
@@ -45,27 +58,28 @@ impl SigningKey {
     /// A key from its PKCS#8 DER form, checked to be a key of `alg`.
     pub fn from_pkcs8(kid: &str, alg: Algorithm, pkcs8: &[u8]) -> Result<Self, KeyError> {
         let invalid = |_| KeyError::Private(alg);
-        let encoding = match alg {
-            Algorithm::Es256 => {
+        let signer = match alg {
+            Algorithm::Es256 => Signer::Es256(
                 EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
-                    .map_err(invalid)?;
-                EncodingKey::from_ec_der(pkcs8)
-            }
-            Algorithm::EdDsa => {
-                Ed25519KeyPair::from_pkcs8(pkcs8).map_err(invalid)?;
-                EncodingKey::from_ed_der(pkcs8)
-            }
+                    .map_err(invalid)?,
+            ),
+            Algorithm::EdDsa => Signer::EdDsa(Ed25519KeyPair::from_pkcs8(pkcs8).map_err(invalid)?),
             Algorithm::Rs256 => {
-                // jsonwebtoken wants the PKCS#1 RSAPrivateKey inside the PKCS#8 wrapper.
+                // The PKCS#1 RSAPrivateKey inside the PKCS#8 wrapper.
                 let pkcs1 = pkcs8_inner_key(pkcs8).ok_or(KeyError::Private(alg))?;
-                RsaKeyPair::from_der(pkcs1).map_err(invalid)?;
-                EncodingKey::from_rsa_der(pkcs1)
+                Signer::Rs256(RsaKeyPair::from_der(pkcs1).map_err(invalid)?)
             }
         };
+        let header = serde_json::json!({
+            "typ": ACCESS_TOKEN_TYPE,
+            "alg": alg.as_str(),
+            "kid": kid,
+        });
         Ok(Self {
             kid: kid.to_owned(),
             alg,
-            encoding,
+            signer,
+            header: URL_SAFE_NO_PAD.encode(header.to_string()),
         })
     }
 
@@ -79,20 +93,34 @@ impl SigningKey {
         self.alg
     }
 
-    /// `claims` as a signed RFC 9068 access token.
+    /// `claims` as a signed RFC 9068 access token (compact JWS).
     pub fn sign(&self, claims: &AccessClaims) -> Result<String, KeyError> {
-        let mut header = Header::new(self.alg.jwt());
-        header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding)
-            .map_err(|e| KeyError::Sign(e.to_string()))
+        let payload = serde_json::to_vec(claims).map_err(|e| KeyError::Sign(e.to_string()))?;
+        let mut token = String::with_capacity(self.header.len() + payload.len() * 4 / 3 + 400);
+        token.push_str(&self.header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+        let signature = self.sign_raw(token.as_bytes())?;
+        token.push('.');
+        token.push_str(&signature);
+        Ok(token)
     }
 
-    /// Signs arbitrary bytes (a JWS signing input), base64url-encoded: for
-    /// tests that build tokens by hand.
+    /// Signs arbitrary bytes (a JWS signing input), base64url-encoded.
     pub fn sign_raw(&self, message: &[u8]) -> Result<String, KeyError> {
-        jsonwebtoken::crypto::sign(message, &self.encoding, self.alg.jwt())
-            .map_err(|e| KeyError::Sign(e.to_string()))
+        let failed = |_| KeyError::Sign(format!("{} signing failed", self.alg));
+        let rng = SystemRandom::new();
+        let signature = match &self.signer {
+            Signer::Es256(key) => key.sign(&rng, message).map_err(failed)?.as_ref().to_vec(),
+            Signer::EdDsa(key) => key.sign(message).as_ref().to_vec(),
+            Signer::Rs256(key) => {
+                let mut signature = vec![0; key.public_modulus_len()];
+                key.sign(&RSA_PKCS1_SHA256, &rng, message, &mut signature)
+                    .map_err(failed)?;
+                signature
+            }
+        };
+        Ok(URL_SAFE_NO_PAD.encode(signature))
     }
 }
 

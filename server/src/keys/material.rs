@@ -105,6 +105,22 @@ mod tests {
                 .and_then(|t| t.verify(&verifying, &rules, 150))
                 .unwrap_or_else(|e| panic!("{alg}: {e}"));
             assert_eq!(verified, claims);
+            // And by an implementation that is not ours.
+            let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_str(&generated.public_jwk).unwrap();
+            let mut validation = jsonwebtoken::Validation::new(alg.as_str().parse().unwrap());
+            validation.set_audience(&["a"]);
+            validation.validate_exp = false;
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            assert_eq!(
+                (header.typ.as_deref(), header.kid.as_deref()),
+                (Some("at+jwt"), Some("k1"))
+            );
+            jsonwebtoken::decode::<serde_json::Value>(
+                &token,
+                &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(),
+                &validation,
+            )
+            .unwrap_or_else(|e| panic!("{alg}: jsonwebtoken refuses it: {e}"));
         }
     }
 
