@@ -7,11 +7,15 @@ use std::fmt;
 use aws_lc_rs::{
     rand::SystemRandom,
     signature::{
-        ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
+        ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ED25519, EcdsaKeyPair,
+        Ed25519KeyPair, ParsedPublicKey, RSA_PKCS1_SHA256, RsaKeyPair,
     },
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use jsonwebtoken::{DecodingKey, jwk::Jwk};
+use jsonwebtoken::{
+    DecodingKey,
+    jwk::{AlgorithmParameters, EllipticCurve, Jwk},
+};
 
 use crate::{ACCESS_TOKEN_TYPE, AccessClaims, Algorithm};
 
@@ -124,11 +128,19 @@ impl SigningKey {
     }
 }
 
+/// How a public key checks signatures.
+enum Checker {
+    /// ES256 and EdDSA: the point parsed (and validated) once.
+    Parsed(ParsedPublicKey),
+    /// RS256: through jsonwebtoken, from the modulus and exponent.
+    Rsa(DecodingKey),
+}
+
 /// A public key that checks signatures made under its `kid`.
 pub struct VerifyingKey {
     kid: String,
     alg: Algorithm,
-    decoding: DecodingKey,
+    checker: Checker,
 }
 
 impl fmt::Debug for VerifyingKey {
@@ -158,8 +170,40 @@ impl VerifyingKey {
             .to_string()
             .parse()
             .map_err(|e: crate::UnknownAlgorithm| KeyError::Jwk(e.to_string()))?;
-        let decoding = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Jwk(e.to_string()))?;
-        Ok(Self { kid, alg, decoding })
+        let unusable = |what: &str| KeyError::Jwk(format!("not a {alg} public key: {what}"));
+        let base64 = |field: &str| {
+            URL_SAFE_NO_PAD
+                .decode(field)
+                .map_err(|_| unusable("a parameter is not base64url"))
+        };
+        let checker = match (alg, &jwk.algorithm) {
+            (Algorithm::Es256, AlgorithmParameters::EllipticCurve(ec))
+                if ec.curve == EllipticCurve::P256 =>
+            {
+                let (x, y) = (base64(&ec.x)?, base64(&ec.y)?);
+                if x.len() != 32 || y.len() != 32 {
+                    return Err(unusable("x and y must be 32 bytes"));
+                }
+                let point = [&[0x04][..], &x, &y].concat();
+                Checker::Parsed(
+                    ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+                        .map_err(|_| unusable("not a point on P-256"))?,
+                )
+            }
+            (Algorithm::EdDsa, AlgorithmParameters::OctetKeyPair(okp))
+                if okp.curve == EllipticCurve::Ed25519 =>
+            {
+                Checker::Parsed(
+                    ParsedPublicKey::new(&ED25519, base64(&okp.x)?)
+                        .map_err(|_| unusable("not an Ed25519 key"))?,
+                )
+            }
+            (Algorithm::Rs256, AlgorithmParameters::RSA(_)) => {
+                Checker::Rsa(DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Jwk(e.to_string()))?)
+            }
+            _ => return Err(unusable("its key type or curve")),
+        };
+        Ok(Self { kid, alg, checker })
     }
 
     /// A key from a public JWK in JSON form.
@@ -179,8 +223,18 @@ impl VerifyingKey {
     }
 
     pub(crate) fn verifies(&self, message: &[u8], signature: &str) -> bool {
-        jsonwebtoken::crypto::verify(signature, message, &self.decoding, self.alg.jwt())
-            .unwrap_or(false)
+        match &self.checker {
+            Checker::Parsed(key) => {
+                // ES256 and Ed25519 signatures are 64 bytes (86 characters).
+                let mut raw = [0u8; 64];
+                matches!(URL_SAFE_NO_PAD.decode_slice(signature, &mut raw), Ok(64))
+                    && key.verify_sig(message, &raw).is_ok()
+            }
+            Checker::Rsa(decoding) => {
+                jsonwebtoken::crypto::verify(signature, message, decoding, self.alg.jwt())
+                    .unwrap_or(false)
+            }
+        }
     }
 }
 
@@ -235,7 +289,8 @@ mod tests {
 
     #[test]
     fn a_jwk_without_kid_or_alg_or_with_a_foreign_alg_is_refused() {
-        let point = r#""kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRjmz3Dt0xqvZkj89Cwy8nwVqSfYyMzJo6M2LyQ""#;
+        // RFC 7517 A.1's P-256 key.
+        let point = r#""kty":"EC","crv":"P-256","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM""#;
         assert!(VerifyingKey::from_jwk_json(&format!(r#"{{{point},"alg":"ES256"}}"#)).is_err());
         assert!(VerifyingKey::from_jwk_json(&format!(r#"{{{point},"kid":"k"}}"#)).is_err());
         assert!(
@@ -245,5 +300,19 @@ mod tests {
         let key = VerifyingKey::from_jwk_json(&format!(r#"{{{point},"kid":"k","alg":"ES256"}}"#))
             .unwrap();
         assert_eq!((key.kid(), key.algorithm()), ("k", Algorithm::Es256));
+        // A point not on the curve, or a key of another type under ES256.
+        let off_curve = point.replace("4Etl6SRW", "4Etl6SRX");
+        assert!(
+            VerifyingKey::from_jwk_json(&format!(r#"{{{off_curve},"kid":"k","alg":"ES256"}}"#))
+                .is_err()
+        );
+        let okp =
+            r#""kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo""#;
+        assert!(
+            VerifyingKey::from_jwk_json(&format!(r#"{{{okp},"kid":"k","alg":"ES256"}}"#)).is_err()
+        );
+        assert!(
+            VerifyingKey::from_jwk_json(&format!(r#"{{{okp},"kid":"k","alg":"EdDSA"}}"#)).is_ok()
+        );
     }
 }
