@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tessera_token::{AccessClaims, VerifyRules};
 
 use crate::{
+    directory::ClientDirectory,
     keys::KeyRing,
     model::{Clock, Revocation, RevocationKind, UnixTime},
     revocation::{RevocationState, TokenFacts},
@@ -54,6 +55,8 @@ pub(crate) const PASSWORD_GRANT_CLIENT_ID: &str = "tessera-password-grant";
 #[derive(Debug)]
 pub(crate) struct Authority {
     store: Arc<dyn Store>,
+    /// Clients in memory, for client logins.
+    clients: Arc<ClientDirectory>,
     keys: Arc<KeyRing>,
     revocations: Arc<RevocationState>,
     hasher: PasswordHasher,
@@ -82,6 +85,7 @@ impl Authority {
         let bearer_rules = settings.introspect_bearer_rules();
         Self {
             store,
+            clients: Arc::new(ClientDirectory::new()),
             keys,
             revocations,
             hasher,
@@ -91,6 +95,11 @@ impl Authority {
             bearer_rules,
             throttle: throttle::LoginThrottle::new(throttle),
         }
+    }
+
+    /// The in-memory clients, for start-up to load and follow.
+    pub(crate) fn clients(&self) -> &Arc<ClientDirectory> {
+        &self.clients
     }
 
     /// The public signing keys, as an RFC 7517 JWK Set.

@@ -2,8 +2,8 @@
 //! over gRPC.
 //!
 //! # Layout
-//! Requests flow one way: `grpc` → `domain` → `store`, `keys`, `revocation`
-//! → `model`.
+//! Requests flow one way: `grpc` → `domain` → `store`, `keys`, `revocation`,
+//! `directory` → `model`.
 //! - `model`: the leaf: names, secrets, time, revocation entries, the
 //!   refresh token's states. Imports nothing from the crate.
 //! - `store`: the storage trait and records; one portable SQL
@@ -11,6 +11,8 @@
 //! - `keys`: signing keys (encrypted at rest by the KEK), rotation; token
 //!   rules themselves are the `tessera_token` crate's.
 //! - `revocation`: the in-memory revocation state Introspect consults.
+//! - `directory`: every client in memory for client logins, re-read when
+//!   the store's directory version moves.
 //! - `follow`: the task keeping keys and revocation state in step with the
 //!   database (LISTEN/NOTIFY and polling).
 //! - `domain`: the use cases (issue, refresh, revoke, introspect, admin);
@@ -26,6 +28,7 @@
 mod background;
 mod cli;
 mod config;
+mod directory;
 mod domain;
 mod follow;
 mod grpc;

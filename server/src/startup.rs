@@ -146,7 +146,7 @@ impl Application {
 
         let hasher = PasswordHasher::new(&settings.hashing)?;
         let authority = Arc::new(Authority::new(
-            store,
+            Arc::clone(&store),
             keys,
             revocations,
             hasher,
@@ -154,6 +154,10 @@ impl Application {
             settings.tokens.clone(),
             settings.throttle.clone(),
         ));
+        authority.clients().refresh(&*store).await?;
+        background.push(Background(tokio::spawn(
+            Arc::clone(authority.clients()).follow(store),
+        )));
 
         let tls = settings.tls.as_ref().map(ServerTls::load).transpose()?;
         if tls.is_none() && !settings.listen_addr.ip().is_loopback() {

@@ -394,14 +394,15 @@ pub trait Store: Send + Sync + 'static {
         expires_at: UnixTime,
     ) -> Result<Option<String>, StoreError>;
 
-    /// Changes a client and revokes every token it holds (a subject entry
-    /// for its id, its tokens' `sub`), in one transaction; false if there
-    /// is no such client.
+    /// Changes a client at `at` and revokes every token it holds, issued up
+    /// to `issued_up_to` (a subject entry for its id, its tokens' `sub`), in
+    /// one transaction; false if there is no such client.
     async fn change_client(
         &self,
         id: &ClientId,
         change: &ClientChange,
         at: UnixTime,
+        issued_up_to: UnixTime,
         expires_at: UnixTime,
     ) -> Result<bool, StoreError>;
 
@@ -436,6 +437,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every client, by id.
     async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
+
+    /// A counter that moves with every change to a client (a trigger moves
+    /// it, whoever makes the change): replicas holding clients in memory
+    /// re-read them when it moves.
+    async fn directory_version(&self) -> Result<i64, StoreError>;
 
     /// Stores a new client; [`StoreError::Conflict`] if the id is taken.
     async fn insert_client(&self, client: &ClientRecord, now: UnixTime) -> Result<(), StoreError>;

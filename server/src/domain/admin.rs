@@ -222,8 +222,10 @@ impl Admin {
 
     /// Changes a client (disables, deletes, or gives it new scopes or
     /// roles) and revokes every token it holds, on every replica: it gets
-    /// new tokens under the new terms. A token issued in the same second
-    /// as the change is denied too (revocations are kept to the second).
+    /// new tokens under the new terms. Tokens issued in the same second,
+    /// or up to `directory::MAX_AGE` later, are denied too: replicas may
+    /// still issue from their in-memory copy of the client that long, and
+    /// revocations are kept to the second.
     pub async fn change_client(
         &self,
         id: &ClientId,
@@ -238,7 +240,13 @@ impl Admin {
         let now = self.clock.now();
         if self
             .store
-            .change_client(id, &change, now, self.tokens.revocation_expiry(now))
+            .change_client(
+                id,
+                &change,
+                now,
+                crate::directory::revocation_cutoff(self.clock.now_ms()),
+                self.tokens.revocation_expiry(now),
+            )
             .await
             .map_err(AdminError::Store)?
         {

@@ -139,37 +139,59 @@ impl Authority {
                 }
             }
             Credentials::ClientSecret { client_id, secret } => {
-                let client = self.store.find_client(&client_id).await?;
                 let presented = SecretHash::of(secret.expose_secret());
-                // Compared even for an unknown client (or one that uses a
-                // certificate), so every answer costs the same.
-                let expected = match client.as_ref().map(|c| &c.credential) {
-                    Some(ClientCredential::Secret(hash)) => hash.clone(),
-                    _ => SecretHash::of(&random_id()),
-                };
-                // A rotated-out secret still works during its overlap; both
-                // comparisons are always made.
                 let now = self.clock.now();
-                let previous = match client.as_ref().and_then(|c| c.previous_secret.as_ref()) {
-                    Some((hash, until)) if *until > now => hash.clone(),
-                    _ => SecretHash::of(&random_id()),
-                };
-                let matches = expected.matches(&presented) | previous.matches(&presented);
-                client_principal(client.filter(|_| matches), None)
+                self.client_login(&client_id, |client| {
+                    // Compared even for an unknown client (or one that uses
+                    // a certificate), so every answer costs the same.
+                    let expected = match client.as_ref().map(|c| &c.credential) {
+                        Some(ClientCredential::Secret(hash)) => hash.clone(),
+                        _ => SecretHash::of(&random_id()),
+                    };
+                    // A rotated-out secret still works during its overlap;
+                    // both comparisons are always made.
+                    let previous = match client.as_ref().and_then(|c| c.previous_secret.as_ref()) {
+                        Some((hash, until)) if *until > now => hash.clone(),
+                        _ => SecretHash::of(&random_id()),
+                    };
+                    let matches = expected.matches(&presented) | previous.matches(&presented);
+                    client_principal(client.filter(|_| matches), None)
+                })
+                .await
             }
             Credentials::ClientCertificate {
                 client_id,
                 certificate,
             } => {
-                let client = self.store.find_client(&client_id).await?;
-                let matches = client.as_ref().is_some_and(|c| match &c.credential {
-                    ClientCredential::TlsSubject(subject) => certificate.names.contains(subject),
-                    ClientCredential::TlsCertificate(sha256) => certificate.has_sha256(sha256),
-                    ClientCredential::Secret(_) => false,
-                });
-                client_principal(client.filter(|_| matches), Some(certificate.x5t_s256()))
+                self.client_login(&client_id, |client| {
+                    let matches = client.as_ref().is_some_and(|c| match &c.credential {
+                        ClientCredential::TlsSubject(subject) => {
+                            certificate.names.contains(subject)
+                        }
+                        ClientCredential::TlsCertificate(sha256) => certificate.has_sha256(sha256),
+                        ClientCredential::Secret(_) => false,
+                    });
+                    client_principal(client.filter(|_| matches), Some(certificate.x5t_s256()))
+                })
+                .await
             }
         }
+    }
+
+    /// A client login checked by `check` against the in-memory copy of the
+    /// client, and against the database when the copy does not hold it or
+    /// refuses (it may lag a change that admits: a new secret, an enable).
+    async fn client_login(
+        &self,
+        client_id: &ClientId,
+        check: impl Fn(Option<ClientRecord>) -> Result<Principal, AuthError>,
+    ) -> Result<Principal, AuthError> {
+        if let Some(client) = self.clients.cached(client_id)
+            && let Ok(principal) = check(Some(client))
+        {
+            return Ok(principal);
+        }
+        check(self.store.find_client(client_id).await?)
     }
 }
 

@@ -578,6 +578,7 @@ impl Store for SqlStore {
         id: &ClientId,
         change: &ClientChange,
         at: UnixTime,
+        issued_up_to: UnixTime,
         expires_at: UnixTime,
     ) -> Result<bool, StoreError> {
         self.write(async |conn| {
@@ -605,7 +606,7 @@ impl Store for SqlStore {
             if touched.rows_affected() == 0 {
                 return Ok(false);
             }
-            self.revoke_subject_in(conn, id.as_str(), at, expires_at)
+            self.revoke_subject_in(conn, id.as_str(), issued_up_to, expires_at)
                 .await?;
             Ok(true)
         })
@@ -708,6 +709,15 @@ impl Store for SqlStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    #[tracing::instrument(name = "db.clients.version", skip_all)]
+    async fn directory_version(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar::<_, i64>("SELECT version FROM directory_version WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     #[tracing::instrument(name = "db.clients.all", skip_all)]
