@@ -565,22 +565,35 @@ pub async fn connect(
         ),
         Backend::Sqlite => (sqlite::pool(url, max_connections).await?, &sqlite::MIGRATOR),
     };
+    let needed = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    // No table at all reads as version 0.
+    let applied: i64 = sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT MAX(version) FROM _sqlx_migrations WHERE success",
+    )
+    .fetch_one(&pool)
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or(0);
     if migrate {
+        // Run even when current: it also checks applied migrations were
+        // not changed since.
         migrator.run(&pool).await.map_err(StoreError::Migrate)?;
-    } else {
-        let needed = migrator.iter().map(|m| m.version).max().unwrap_or(0);
-        // No table at all reads as version 0.
-        let applied: i64 = sqlx::query_scalar::<_, Option<i64>>(
-            "SELECT MAX(version) FROM _sqlx_migrations WHERE success",
-        )
-        .fetch_one(&pool)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(0);
         if applied < needed {
-            return Err(StoreError::NotMigrated { applied, needed });
+            let names: Vec<String> = migrator
+                .iter()
+                .filter(|m| m.version > applied)
+                .map(|m| format!("{} {}", m.version, m.description))
+                .collect();
+            tracing::info!(
+                from = applied,
+                to = needed,
+                migrations = %names.join(", "),
+                "applied database migrations"
+            );
         }
+    } else if applied < needed {
+        return Err(StoreError::NotMigrated { applied, needed });
     }
     Ok(Arc::new(sql::SqlStore::new(pool, backend, url)))
 }

@@ -42,22 +42,46 @@ fn run_with_stdin(command: &mut Command, stdin: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// A `tessera serve` process, killed when dropped, so a test that fails
+/// leaves no server behind.
+pub(crate) struct Server(Child);
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `tessera serve` on a free port; returns it and the address it logged.
-fn serve(data_dir: &std::path::Path) -> (Child, String) {
+fn serve(data_dir: &std::path::Path) -> (Server, String) {
     let mut command = tessera(data_dir);
     command.args(["serve", "--listen-addr", "127.0.0.1:0"]);
     serve_with(command)
 }
 
 /// Starts a prepared `serve` command; returns it and the address it logged.
-fn serve_with(command: Command) -> (Child, String) {
+fn serve_with(command: Command) -> (Server, String) {
     let (child, addr, _) = serve_logging(command);
     (child, addr)
 }
 
 /// Starts a prepared `serve` command; returns it, the address it logged,
 /// and every log line before that.
-pub(crate) fn serve_logging(command: Command) -> (Child, String, Vec<String>) {
+pub(crate) fn serve_logging(command: Command) -> (Server, String, Vec<String>) {
     let (child, addr, before, _) = serve_watched(command);
     (child, addr, before)
 }
@@ -66,7 +90,7 @@ pub(crate) fn serve_logging(command: Command) -> (Child, String, Vec<String>) {
 fn serve_watched(
     mut command: Command,
 ) -> (
-    Child,
+    Server,
     String,
     Vec<String>,
     std::sync::mpsc::Receiver<String>,
@@ -98,7 +122,7 @@ fn serve_watched(
             let _ = tx.send(line);
         }
     });
-    (child, addr, before, rx)
+    (Server(child), addr, before, rx)
 }
 
 /// Waits (up to `within`) for a log line containing `needle`; returns it.
@@ -798,13 +822,15 @@ async fn audit_events_are_json_lines_with_their_fields_and_never_a_secret() {
         .success()
     );
     let log_path = d.join("serve.log");
-    let mut server = tessera(d)
-        .args(["serve", "--listen-addr", "127.0.0.1:0"])
-        .env("TESSERA_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut server = Server(
+        tessera(d)
+            .args(["serve", "--listen-addr", "127.0.0.1:0"])
+            .env("TESSERA_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let started = Instant::now();
     let addr = loop {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -1561,4 +1587,23 @@ async fn no_token_issued_around_a_client_disable_outlives_it() {
     }
     let _ = server.kill();
     let _ = server.wait();
+}
+
+#[test]
+fn migrations_are_logged_when_applied_and_not_when_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = tessera(dir.path()).arg("migrate").output().unwrap();
+    assert!(first.status.success());
+    let log = String::from_utf8_lossy(&first.stderr);
+    let line = log
+        .lines()
+        .find(|l| l.contains("applied database migrations"))
+        .unwrap_or_else(|| panic!("no migration line:\n{log}"));
+    assert!(line.contains("from=0") && line.contains("1 init"), "{line}");
+    let again = tessera(dir.path()).arg("migrate").output().unwrap();
+    assert!(again.status.success());
+    assert!(
+        !String::from_utf8_lossy(&again.stderr).contains("applied database migrations"),
+        "nothing was applied the second time"
+    );
 }
