@@ -201,9 +201,7 @@ async fn an_operator_adds_principals_serves_and_stops_with_sigterm() {
         assert_eq!(mode & 0o777, 0o600);
     }
 
-    let mut api = TokenServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut api = api_at(&addr).await;
     let tokens = api
         .issue(issue(Grant::Password(PasswordGrant {
             username: "alice".into(),
@@ -600,6 +598,26 @@ fn an_unreachable_postgresql_is_named_with_the_reason_and_no_password() {
 /// its in-memory copy that long), kept to the second.
 const PAST_A_CLIENT_CHANGE: Duration = Duration::from_millis(1500);
 
+/// A gRPC client of the server at `addr`.
+async fn api_at(addr: &str) -> TokenServiceClient<tonic::transport::Channel> {
+    TokenServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+/// An access token for client `id`, which must get one.
+async fn client_token(
+    api: &mut TokenServiceClient<tonic::transport::Channel>,
+    id: &str,
+    secret: &str,
+) -> String {
+    api.issue(client_grant(id, secret))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token
+}
+
 /// Runs an admin command that must succeed; returns its stdout.
 fn admin(dir: &std::path::Path, args: &[&str]) -> String {
     let output = tessera(dir).args(args).output().unwrap();
@@ -675,21 +693,9 @@ async fn an_operator_disables_and_enables_clients_and_users_lists_them_and_revok
         .success()
     );
     let (mut server, addr) = serve(d);
-    let mut api = TokenServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let bearer = api
-        .issue(client_grant("inspector", &inspector))
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
-    let token = api
-        .issue(client_grant("billing", &billing))
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+    let mut api = api_at(&addr).await;
+    let bearer = client_token(&mut api, "inspector", &inspector).await;
+    let token = client_token(&mut api, "billing", &billing).await;
     introspects(&mut api, &bearer, &token, true).await;
 
     // A leaked secret: disable the client. Its tokens die on the running
@@ -713,12 +719,7 @@ async fn an_operator_disables_and_enables_clients_and_users_lists_them_and_revok
     // Enabled again: new tokens work, the revoked one stays revoked.
     admin(d, &["client", "enable", "billing"]);
     tokio::time::sleep(PAST_A_CLIENT_CHANGE).await;
-    let again = api
-        .issue(client_grant("billing", &billing))
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+    let again = client_token(&mut api, "billing", &billing).await;
     introspects(&mut api, &bearer, &again, true).await;
     introspects(&mut api, &bearer, &token, false).await;
 
@@ -761,12 +762,7 @@ async fn an_operator_disables_and_enables_clients_and_users_lists_them_and_revok
     );
 
     // A client token's one-off session is revoked through the log too.
-    let one_off = api
-        .issue(client_grant("billing", &billing))
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+    let one_off = client_token(&mut api, "billing", &billing).await;
     admin(d, &["revoke", "--session", &sid_of(&one_off)]);
     introspects(&mut api, &bearer, &one_off, false).await;
 
@@ -847,9 +843,7 @@ async fn audit_events_are_json_lines_with_their_fields_and_never_a_secret() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let mut api = TokenServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut api = api_at(&addr).await;
     let login = |password: &str| {
         issue(Grant::Password(PasswordGrant {
             username: "alice".into(),
@@ -992,15 +986,8 @@ async fn a_rotated_client_secret_overlaps_with_the_old_one_until_the_overlap_end
     let old = client_secret_of(&admin(d, &["client", "add", "billing", "--scope", "read"]));
     let inspector = add_inspector(d);
     let (mut server, addr) = serve(d);
-    let mut api = TokenServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let bearer = api
-        .issue(client_grant("inspector", &inspector))
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+    let mut api = api_at(&addr).await;
+    let bearer = client_token(&mut api, "inspector", &inspector).await;
     let grant = |secret: &str| {
         issue(Grant::ClientCredentials(ClientCredentialsGrant {
             client_id: "billing".into(),
@@ -1064,21 +1051,14 @@ async fn set_password_set_scopes_and_delete_end_the_old_sessions() {
     );
     assert!(add.status.success());
     let (mut server, addr) = serve(d);
-    let mut api = TokenServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut api = api_at(&addr).await;
     let login = |password: &str| {
         issue(Grant::Password(PasswordGrant {
             username: "alice".into(),
             password: password.into(),
         }))
     };
-    let bearer = api
-        .issue(client_grant("inspector", &inspector))
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+    let bearer = client_token(&mut api, "inspector", &inspector).await;
 
     let before = api
         .issue(login("first password"))
@@ -1143,12 +1123,7 @@ async fn set_password_set_scopes_and_delete_end_the_old_sessions() {
         .unwrap();
     assert!(one_line_error(&again).contains("no user named alice"));
 
-    let token = api
-        .issue(client_grant("billing", &billing))
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+    let token = client_token(&mut api, "billing", &billing).await;
     admin(d, &["client", "delete", "billing"]);
     introspects(&mut api, &bearer, &token, false).await;
     assert!(api.issue(client_grant("billing", &billing)).await.is_err());
@@ -1168,9 +1143,7 @@ async fn a_retired_key_stops_signing_and_a_revoked_key_is_refused_at_once() {
     let d = dir.path();
     let inspector = add_inspector(d);
     let (mut server, addr) = serve(d);
-    let mut api = TokenServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut api = api_at(&addr).await;
     let issue_token = || {
         issue(Grant::ClientCredentials(ClientCredentialsGrant {
             client_id: "inspector".into(),
@@ -1360,9 +1333,7 @@ async fn roles_are_assigned_with_role_and_replaced_with_set_roles() {
         String::from_utf8_lossy(&add.stderr)
     );
     let (mut server, addr) = serve(d);
-    let mut api = TokenServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut api = api_at(&addr).await;
     let login = || {
         issue(Grant::Password(PasswordGrant {
             username: "bob".into(),
@@ -1395,15 +1366,8 @@ async fn a_clients_scopes_and_roles_are_replaced_and_its_old_tokens_end() {
         ],
     ));
     let (mut server, addr) = serve(d);
-    let mut api = TokenServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let bearer = api
-        .issue(client_grant("inspector", &inspector))
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+    let mut api = api_at(&addr).await;
+    let bearer = client_token(&mut api, "inspector", &inspector).await;
     let old = api
         .issue(client_grant("billing", &secret))
         .await
@@ -1527,15 +1491,8 @@ async fn no_token_issued_around_a_client_disable_outlives_it() {
     let secret = client_secret_of(&admin(&d, &["client", "add", "billing", "--scope", "read"]));
     let inspector = add_inspector(&d);
     let (mut server, addr) = serve(&d);
-    let mut api = TokenServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let bearer = api
-        .issue(client_grant("inspector", &inspector))
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+    let mut api = api_at(&addr).await;
+    let bearer = client_token(&mut api, "inspector", &inspector).await;
     // Logins in a tight loop, before, during and after the disable, until
     // they have been refused for 300 ms.
     let hammer = {
