@@ -388,7 +388,12 @@ impl TryFrom<RevocationRow> for (i64, Revocation) {
 
     fn try_from(row: RevocationRow) -> Result<Self, StoreError> {
         let entry = Revocation {
-            kind: RevocationKind::parse(&row.kind).map_err(corrupt("revocation kind"))?,
+            kind: RevocationKind::parse(&row.kind).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "revocation_log row id {}: kind: {e} (fix or delete that row)",
+                    row.id
+                ))
+            })?,
             value: row.value,
             at: UnixTime::from_secs(row.at),
             expires_at: UnixTime::from_secs(row.expires_at),

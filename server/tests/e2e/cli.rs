@@ -1564,3 +1564,39 @@ fn migrations_are_logged_when_applied_and_not_when_current() {
         "nothing was applied the second time"
     );
 }
+
+#[tokio::test]
+async fn an_unreadable_revocation_row_is_named_so_it_can_be_fixed() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        tessera(dir.path())
+            .arg("migrate")
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let url = format!("sqlite://{}", dir.path().join("tessera.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO revocation_log (kind, value, at, expires_at) \
+         VALUES ('bogus', 'x', 1, 9999999999) RETURNING id",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    // Failing closed is right (a revocation it cannot read might be one
+    // that matters); the message says which row.
+    let error = one_line_error(
+        &tessera(dir.path())
+            .args(["serve", "--listen-addr", "127.0.0.1:0"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        error.contains(&format!("revocation_log row id {id}")) && error.contains("bogus"),
+        "{error}"
+    );
+}
