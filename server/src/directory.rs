@@ -39,10 +39,10 @@ pub(crate) fn revocation_cutoff(now_ms: i64) -> UnixTime {
 }
 
 #[derive(Debug)]
-struct Copy {
+struct Snapshot {
     /// The directory version this copy was read at.
     version: i64,
-    clients: Arc<HashMap<String, ClientRecord>>,
+    clients: HashMap<String, ClientRecord>,
     /// When the version was last read and found to be this one.
     confirmed: Instant,
 }
@@ -50,7 +50,7 @@ struct Copy {
 /// The in-memory clients.
 #[derive(Debug)]
 pub(crate) struct ClientDirectory {
-    copy: RwLock<Option<Copy>>,
+    copy: RwLock<Option<Snapshot>>,
 }
 
 impl ClientDirectory {
@@ -90,9 +90,9 @@ impl ClientDirectory {
             .into_iter()
             .map(|c| (c.id.as_str().to_owned(), c))
             .collect();
-        *self.copy.write() = Some(Copy {
+        *self.copy.write() = Some(Snapshot {
             version,
-            clients: Arc::new(clients),
+            clients,
             confirmed: started,
         });
         Ok(())
