@@ -7,10 +7,20 @@ use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::Sd
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
-/// Flushes exported spans when dropped.
-#[derive(Debug)]
+mod stderr;
+
+/// Writes every pending log line and flushes exported spans when dropped.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    stderr: stderr::StderrSink,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Telemetry {
@@ -18,6 +28,7 @@ impl Drop for Telemetry {
         if let Some(provider) = self.provider.take() {
             let _ = provider.shutdown();
         }
+        self.stderr.close();
     }
 }
 
@@ -36,16 +47,21 @@ pub enum TelemetryError {
 /// (default `info`); the format from `TESSERA_LOG_FORMAT` (`text`, the
 /// default, or `json`: one JSON object per line, fields at the top level,
 /// for log pipelines). Audit events go to the target `tessera::audit`.
+///
+/// Log lines are events with their own fields; spans (per request, per
+/// domain call, per statement) are made only for the OTLP exporter, so
+/// without `OTEL_EXPORTER_OTLP_ENDPOINT` a request creates none: at the
+/// default `info` they cost Introspect about half its server CPU.
 pub fn init() -> Result<Telemetry, TelemetryError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match std::env::var("TESSERA_LOG_FORMAT").as_deref() {
         Err(_) | Ok("" | "text") => false,
         Ok("json") => true,
         Ok(other) => return Err(TelemetryError::LogFormat(other.to_owned())),
     };
+    let stderr = stderr::StderrSink::start();
     let text = (!json).then(|| {
         tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(stderr.clone())
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
     });
     let json = json.then(|| {
@@ -54,7 +70,7 @@ pub fn init() -> Result<Telemetry, TelemetryError> {
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .with_writer(std::io::stderr)
+            .with_writer(stderr.clone())
     });
     let provider = match std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Some(_) => {
@@ -76,13 +92,29 @@ pub fn init() -> Result<Telemetry, TelemetryError> {
     let otel = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("tessera")));
+    // Global filters: the same `EnvFilter` as a per-layer filter lost
+    // every startup line on PostgreSQL (tracing-subscriber 0.3.23).
+    let events_only = provider
+        .is_none()
+        .then(|| tracing_subscriber::filter::filter_fn(is_event));
     tracing_subscriber::registry()
-        .with(filter)
+        .with(env_filter())
+        .with(events_only)
         .with(text)
         .with(json)
         .with(otel)
         .init();
-    Ok(Telemetry { provider })
+    Ok(Telemetry { provider, stderr })
+}
+
+/// Log lines are events; spans are for the exporter.
+fn is_event(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.is_event()
+}
+
+/// `RUST_LOG`, or `info` when it is unset or unreadable.
+fn env_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// Reads propagation headers from gRPC request metadata.

@@ -6,7 +6,8 @@
 //!
 //! Run it with `scripts/bench.sh` (it builds in release and starts a
 //! throwaway PostgreSQL); `scripts/bench.sh --only introspect,refresh`
-//! runs some sections; `--seconds` and `--rounds` change the windows.
+//! runs some sections; `--seconds` and `--rounds` change the windows;
+//! `--log info` runs the servers with the default logging (else `warn`).
 
 use std::{
     future::Future,
@@ -101,7 +102,11 @@ fn tessera(data: &std::path::Path, url: &str, kek: &str) -> Command {
         .env("TESSERA_DATA_DIR", data)
         .env("TESSERA_DATABASE_URL", url)
         .env("TESSERA_KEY_ENCRYPTION_KEY", kek)
-        .env("RUST_LOG", "warn,tessera_server::startup=info");
+        // `--log info` measures with the service's default logging.
+        .env(
+            "RUST_LOG",
+            arg("--log", "warn,tessera_server::startup=info"),
+        );
     command
 }
 

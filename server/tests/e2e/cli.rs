@@ -100,10 +100,24 @@ fn serve_watched(
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Drain the log from the start so the server never blocks on a full
+    // pipe, and a server that never says it serves fails the test.
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines {
+            let line = line.unwrap_or_default();
+            eprintln!("server: {line}");
+            let _ = tx.send(line);
+        }
+    });
     let mut before = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let addr = loop {
-        let line = lines.next().expect("serve exited early").unwrap();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("serve did not say it serves ({e:?}): {before:#?}"));
         if let Some((_, rest)) = line.split_once("serving tessera.v1.TokenService addr=") {
             break rest
                 .split_whitespace()
@@ -113,15 +127,6 @@ fn serve_watched(
         }
         before.push(line);
     };
-    // Keep draining the log so the server never blocks on a full pipe.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines {
-            let line = line.unwrap_or_default();
-            eprintln!("server: {line}");
-            let _ = tx.send(line);
-        }
-    });
     (Server(child), addr, before, rx)
 }
 
@@ -129,11 +134,12 @@ fn serve_watched(
 fn await_line(log: &std::sync::mpsc::Receiver<String>, needle: &str, within: Duration) -> String {
     let deadline = tokio::time::Instant::now() + within;
     loop {
+        // Checked on every line: a chatty server must not keep this waiting.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match log.recv_timeout(left) {
             Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("no log line with {needle:?} within {within:?}"),
+            Ok(_) if !left.is_zero() => {}
+            _ => panic!("no log line with {needle:?} within {within:?}"),
         }
     }
 }
