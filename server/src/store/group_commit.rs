@@ -10,6 +10,14 @@
 //! A writer's failure rolls back its savepoint only; a failed COMMIT fails
 //! every writer of the batch and discards the connection (see
 //! `SqlStore::write` on why a failed connection is not reused).
+//!
+//! Each statement is a round trip to sqlx's SQLite worker thread, and
+//! writers taking turns wait out one another's: that, not SQLite, was most
+//! of a refresh's time. Small writes that fit in statements alone (the
+//! common refresh) are instead sent together ([`GroupCommit::together`]):
+//! every waiting writer's statements in one transaction, in one round
+//! trip, by a task that sends the next batch while the writers read their
+//! answers (Refresh on SQLite at c=64: 5.0k -> 8.0k rps, p99 24 -> 15 ms).
 
 use std::{
     sync::{
@@ -19,9 +27,9 @@ use std::{
     time::Duration,
 };
 
-use sqlx::{Any, AnyConnection, AnyPool, Executor, pool::PoolConnection};
+use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, any::AnyRow, pool::PoolConnection};
 use tokio::{
-    sync::{Mutex, watch},
+    sync::{Mutex, oneshot, watch},
     time::Instant,
 };
 
@@ -44,6 +52,8 @@ type Outcome = Option<Result<(), String>>;
 /// leaves a mark the next one cleans up after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
+    /// A connection, and no transaction yet.
+    Unbegun,
     /// Between writers, no savepoint open.
     Idle,
     /// A writer's savepoint is open and its work running.
@@ -63,11 +73,68 @@ struct Batch {
     done: watch::Sender<Outcome>,
 }
 
+/// A writer's connection, inside its own savepoint (or, on PostgreSQL,
+/// its own transaction): the statement that opens the savepoint is sent
+/// on the first use of [`Writing::conn`].
+pub(crate) struct Writing<'c> {
+    conn: &'c mut AnyConnection,
+    /// The batch's stage, set to `InWork` as the opening is sent (so a
+    /// writer cancelled before that leaves nothing to undo).
+    stage: Option<&'c mut Stage>,
+    opening: Opening,
+}
+
+/// Where a writer's opening statement is.
+#[derive(Debug, Clone, Copy)]
+enum Opening {
+    /// Still to send.
+    Pending(&'static str),
+    /// Sent alone, and done.
+    Sent,
+    /// Sent, and failed.
+    Failed,
+}
+
+impl<'c> Writing<'c> {
+    /// A connection already inside its transaction.
+    pub(super) fn opened(conn: &'c mut AnyConnection) -> Self {
+        Self {
+            conn,
+            stage: None,
+            opening: Opening::Sent,
+        }
+    }
+
+    fn sending_opening(&mut self, how: Opening) {
+        self.opening = how;
+        if let Some(stage) = self.stage.as_deref_mut() {
+            *stage = Stage::InWork;
+        }
+    }
+
+    /// The connection, inside the writer's savepoint.
+    pub(super) async fn conn(&mut self) -> Result<&mut AnyConnection, StoreError> {
+        if let Opening::Pending(opening) = self.opening {
+            self.sending_opening(Opening::Sent);
+            match self.conn.execute(opening).await {
+                Ok(_) => self.opening = Opening::Sent,
+                Err(e) => {
+                    self.opening = Opening::Failed;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(self.conn)
+    }
+}
+
 /// The shared transaction of a SQLite store.
 pub(super) struct GroupCommit(Arc<Shared>);
 
 struct Shared {
     open: Mutex<Option<Batch>>,
+    /// Writes waiting to be sent together ([`GroupCommit::together`]).
+    queue: parking_lot::Mutex<Queue>,
     /// Writers inside [`GroupCommit::write`] that have not finished their work.
     arriving: AtomicUsize,
 }
@@ -112,6 +179,7 @@ impl GroupCommit {
     pub(super) fn new() -> Self {
         Self(Arc::new(Shared {
             open: Mutex::new(None),
+            queue: parking_lot::Mutex::new(Queue::default()),
             arriving: AtomicUsize::new(0),
         }))
     }
@@ -120,7 +188,7 @@ impl GroupCommit {
     pub(super) async fn write<T>(
         &self,
         pool: &AnyPool,
-        work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, StoreError>,
+        work: impl AsyncFnOnce(&mut Writing<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.0.arriving.fetch_add(1, Ordering::AcqRel);
         let mut writer = Writer {
@@ -136,13 +204,13 @@ impl GroupCommit {
     async fn run<T>(
         &self,
         pool: &AnyPool,
-        work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, StoreError>,
+        work: impl AsyncFnOnce(&mut Writing<'_>) -> Result<T, StoreError>,
         writer: &mut Writer,
     ) -> Result<T, StoreError> {
         let mut open = self.0.open.lock().await;
         recover(&mut open).await;
         let begin = match open.as_ref().map(|b| b.stage) {
-            None => "BEGIN IMMEDIATE; SAVEPOINT w",
+            None | Some(Stage::Unbegun) => "BEGIN IMMEDIATE; SAVEPOINT w",
             Some(Stage::Finished) => "RELEASE w; SAVEPOINT w",
             Some(_) => "SAVEPOINT w",
         };
@@ -152,25 +220,46 @@ impl GroupCommit {
                 conn,
                 writers: 0,
                 opened_at: Instant::now(),
-                stage: Stage::Idle,
+                stage: Stage::Unbegun,
                 done: watch::channel(None).0,
             });
         }
         let batch = open.as_mut().expect("a batch is open");
-        batch.stage = Stage::InWork;
-        if let Err(e) = batch.conn.execute(begin).await {
-            fail(&mut open, &e.to_string());
-            return Err(e.into());
-        }
-        let result = work(&mut batch.conn).await;
-        if result.is_ok() {
-            batch.stage = Stage::Finished;
-        } else {
-            if let Err(e) = batch.conn.execute("ROLLBACK TO w; RELEASE w").await {
+        let mut writing = Writing {
+            conn: &mut batch.conn,
+            stage: Some(&mut batch.stage),
+            opening: Opening::Pending(begin),
+        };
+        let result = work(&mut writing).await;
+        let opening = writing.opening;
+        match (&result, opening) {
+            (Ok(_), Opening::Pending(_)) => {
+                // It wrote nothing: its savepoint is opened anyway, so
+                // the stages stay true.
+                batch.stage = Stage::InWork;
+                if let Err(e) = batch.conn.execute(begin).await {
+                    fail(&mut open, &e.to_string());
+                    return Err(e.into());
+                }
+                batch.stage = Stage::Finished;
+            }
+            (Ok(_), _) => batch.stage = Stage::Finished,
+            // Nothing was sent: nothing to undo.
+            (Err(_), Opening::Pending(_)) => {}
+            // Its work ran in its savepoint: undo that only.
+            (Err(_), Opening::Sent) => {
+                if let Err(e) = batch.conn.execute("ROLLBACK TO w; RELEASE w").await {
+                    fail(&mut open, &e.to_string());
+                    return result;
+                }
+                batch.stage = Stage::Idle;
+            }
+            // The opening failed: the shared transaction is in doubt, and
+            // given up.
+            (Err(e), Opening::Failed) => {
                 fail(&mut open, &e.to_string());
                 return result;
             }
-            batch.stage = Stage::Idle;
         }
         batch.writers += 1;
         let full = batch.writers >= MAX_BATCH || batch.opened_at.elapsed() >= MAX_AGE;
@@ -207,11 +296,157 @@ impl GroupCommit {
     }
 }
 
+/// A writer's statements sent with others' in one round trip
+/// ([`GroupCommit::together`]).
+pub(super) struct Together {
+    /// The statements (`;`-separated), given the writer's number in the
+    /// batch and where its parameters start: they use `$base+1`.. (one for
+    /// each of `params`), and any row they return carries the writer's
+    /// number in a column named `writer`.
+    pub(super) sql: fn(writer: usize, base: usize) -> String,
+    pub(super) params: Vec<Param>,
+}
+
+/// A value bound to a [`Together`] statement.
+pub(super) enum Param {
+    Bytes(Vec<u8>),
+    Int(i64),
+    Text(String),
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<(Together, oneshot::Sender<Vec<AnyRow>>)>,
+    /// A task is sending the queue's batches.
+    leading: bool,
+}
+
+/// Writers sent together at most: powers of two up to this, so a
+/// connection's statement cache holds a few shapes of batch.
+const MAX_TOGETHER: usize = 64;
+
+impl GroupCommit {
+    /// Runs `job` in one transaction with every other job waiting, in one
+    /// round trip to SQLite's worker thread (`BEGIN IMMEDIATE; job; job;
+    /// ...; COMMIT`): for small writes whose cost is mostly that round
+    /// trip. Its rows once committed, or `None` when nothing of the batch
+    /// was written (a statement of it failed): the caller then writes its
+    /// own way. The batches are sent by a task of their own, so a writer
+    /// cancelled while waiting cancels nobody else's write (its own may
+    /// still happen, as if its answer were lost).
+    pub(super) async fn together(&self, pool: &AnyPool, job: Together) -> Option<Vec<AnyRow>> {
+        let (answer, answered) = oneshot::channel();
+        let lead = {
+            let mut queue = self.0.queue.lock();
+            queue.jobs.push((job, answer));
+            !std::mem::replace(&mut queue.leading, true)
+        };
+        if lead {
+            let (shared, pool) = (Arc::clone(&self.0), pool.clone());
+            tokio::spawn(async move { send_together(&shared, &pool).await });
+        }
+        answered.await.ok()
+    }
+}
+
+/// Sends the queue's batches until it is empty.
+async fn send_together(shared: &Shared, pool: &AnyPool) {
+    /// Gives up the lead however the task ends; jobs still queued then
+    /// are answered `None` (their writers write their own way).
+    struct Leading<'a>(&'a Shared);
+    impl Drop for Leading<'_> {
+        fn drop(&mut self) {
+            let mut queue = self.0.queue.lock();
+            queue.leading = false;
+            queue.jobs.clear();
+        }
+    }
+    let _leading = Leading(shared);
+    loop {
+        let jobs: Vec<_> = {
+            let mut queue = shared.queue.lock();
+            if queue.jobs.is_empty() {
+                queue.leading = false;
+                return;
+            }
+            let n = queue.jobs.len().min(MAX_TOGETHER);
+            let n = 1 << n.ilog2();
+            queue.jobs.drain(..n).collect()
+        };
+        match commit_together(shared, pool, &jobs).await {
+            Ok(mut rows) => {
+                for (writer, (_, answer)) in jobs.into_iter().enumerate() {
+                    let _ = answer.send(std::mem::take(&mut rows[writer]));
+                }
+            }
+            // Dropping the answers says "not written".
+            Err(e) => {
+                tracing::debug!(error = %e, writers = jobs.len(), "a batch sent together failed");
+            }
+        }
+    }
+}
+
+/// One transaction of `jobs`, committed: each writer's rows.
+async fn commit_together(
+    shared: &Shared,
+    pool: &AnyPool,
+    jobs: &[(Together, oneshot::Sender<Vec<AnyRow>>)],
+) -> Result<Vec<Vec<AnyRow>>, StoreError> {
+    let mut open = shared.open.lock().await;
+    // The shared transaction's writers are done first.
+    recover(&mut open).await;
+    commit(&mut open).await?;
+    let mut sql = String::from("BEGIN IMMEDIATE; ");
+    let mut base = 0;
+    for (writer, (job, _)) in jobs.iter().enumerate() {
+        sql.push_str(&(job.sql)(writer, base));
+        sql.push_str("; ");
+        base += job.params.len();
+    }
+    sql.push_str("COMMIT");
+    let mut query = sqlx::query(&sql);
+    for (job, _) in jobs {
+        for param in &job.params {
+            query = match param {
+                Param::Bytes(b) => query.bind(b.clone()),
+                Param::Int(i) => query.bind(*i),
+                Param::Text(t) => query.bind(t.clone()),
+            };
+        }
+    }
+    let mut conn = pool.acquire().await?;
+    let rows = match query.fetch_all(&mut *conn).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            // Closing the connection rolls back whatever ran.
+            conn.close_on_drop();
+            return Err(e.into());
+        }
+    };
+    let mut by_writer: Vec<Vec<AnyRow>> = jobs.iter().map(|_| Vec::new()).collect();
+    for row in rows {
+        let writer: i64 = row.try_get("writer")?;
+        if let Some(rows) = usize::try_from(writer)
+            .ok()
+            .and_then(|w| by_writer.get_mut(w))
+        {
+            rows.push(row);
+        }
+    }
+    Ok(by_writer)
+}
+
 /// Commits the open batch and tells its writers.
 async fn commit(open: &mut Option<Batch>) -> Result<(), StoreError> {
     let Some(batch) = open.as_mut() else {
         return Ok(());
     };
+    if batch.stage == Stage::Unbegun {
+        let batch = open.take().expect("a batch is open");
+        batch.done.send_replace(Some(Ok(())));
+        return Ok(());
+    }
     let commit = if batch.stage == Stage::Finished {
         "RELEASE w; COMMIT"
     } else {
@@ -245,7 +480,7 @@ fn fail(open: &mut Option<Batch>, error: &str) {
 async fn recover(open: &mut Option<Batch>) {
     let Some(batch) = open.as_mut() else { return };
     match batch.stage {
-        Stage::Idle | Stage::Finished => {}
+        Stage::Unbegun | Stage::Idle | Stage::Finished => {}
         Stage::InWork => match batch.conn.execute("ROLLBACK TO w; RELEASE w").await {
             Ok(_) => batch.stage = Stage::Idle,
             Err(e) => fail(open, &e.to_string()),
@@ -293,7 +528,8 @@ mod tests {
                 let (group, pool) = (Arc::clone(&group), pool.clone());
                 tokio::spawn(async move {
                     group
-                        .write(&pool, async |conn| {
+                        .write(&pool, async |w| {
+                            let conn = w.conn().await?;
                             sqlx::query("INSERT INTO t (n) VALUES ($1)")
                                 .bind(n)
                                 .execute(&mut *conn)
@@ -327,7 +563,8 @@ mod tests {
                 let (group, pool) = (Arc::clone(&group), pool.clone());
                 tokio::spawn(async move {
                     group
-                        .write(&pool, async |conn| {
+                        .write(&pool, async |w| {
+                            let conn = w.conn().await?;
                             sqlx::query("INSERT INTO t (n) VALUES ($1)")
                                 .bind(n)
                                 .execute(&mut *conn)
@@ -365,7 +602,8 @@ mod tests {
         let group = GroupCommit::new();
         let cancelled = tokio::time::timeout(
             Duration::from_millis(50),
-            group.write(&pool, async |conn| {
+            group.write(&pool, async |w| {
+                let conn = w.conn().await?;
                 sqlx::query("INSERT INTO t (n) VALUES (1)")
                     .execute(&mut *conn)
                     .await?;
@@ -376,7 +614,8 @@ mod tests {
         .await;
         assert!(cancelled.is_err());
         group
-            .write(&pool, async |conn| {
+            .write(&pool, async |w| {
+                let conn = w.conn().await?;
                 sqlx::query("INSERT INTO t (n) VALUES (2)")
                     .execute(&mut *conn)
                     .await?;
@@ -389,5 +628,103 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows, [2]);
+    }
+
+    /// Inserts its number and reads it back, or (`n` negative) inserts 0,
+    /// which is there already, and fails.
+    fn insert_job(n: i64) -> Together {
+        fn sql(writer: usize, base: usize) -> String {
+            let n = format!("${}", base + 1);
+            format!(
+                "INSERT INTO t (n) VALUES (max({n}, 0)); \
+                 SELECT {writer} AS writer, n FROM t WHERE n = {n}"
+            )
+        }
+        Together {
+            sql,
+            params: vec![Param::Int(n)],
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_sent_together_are_committed_and_each_reads_its_own_rows() {
+        let (_dir, pool) = store().await;
+        let group = Arc::new(GroupCommit::new());
+        let writers: Vec<_> = (1..=300)
+            .map(|n| {
+                let (group, pool) = (Arc::clone(&group), pool.clone());
+                tokio::spawn(async move {
+                    if n % 4 == 0 {
+                        // Writers of the shared transaction, alongside.
+                        group
+                            .write(&pool, async |w| {
+                                let conn = w.conn().await?;
+                                sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                                    .bind(n)
+                                    .execute(&mut *conn)
+                                    .await?;
+                                Ok(())
+                            })
+                            .await
+                            .unwrap();
+                        return;
+                    }
+                    let rows = group.together(&pool, insert_job(n)).await.expect("written");
+                    let read: Vec<i64> = rows.iter().map(|r| r.get::<i64, _>("n")).collect();
+                    assert_eq!(read, [n], "writer {n} reads its own row only");
+                    let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t WHERE n = $1")
+                        .bind(n)
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                    assert_eq!(seen, 1, "writer {n} was answered before its commit");
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert_eq!(count(&pool).await, 300);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_statement_leaves_its_whole_batch_unwritten_and_answered_so() {
+        let (_dir, pool) = store().await;
+        sqlx::query("INSERT INTO t (n) VALUES (0)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let group = Arc::new(GroupCommit::new());
+        let writers: Vec<_> = (1..=200)
+            .map(|n| {
+                let (group, pool) = (Arc::clone(&group), pool.clone());
+                tokio::spawn(async move {
+                    let job = insert_job(if n % 50 == 7 { -n } else { n });
+                    (n, group.together(&pool, job).await.is_some())
+                })
+            })
+            .collect();
+        let mut answered = Vec::new();
+        for w in writers {
+            answered.push(w.await.unwrap());
+        }
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT n FROM t WHERE n > 0")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        for (n, written) in &answered {
+            assert_eq!(*written, rows.contains(n), "writer {n} answered {written}");
+            if n % 50 == 7 {
+                assert!(!written, "writer {n}'s statement fails");
+            }
+        }
+        let unwritten = answered.iter().filter(|(_, w)| !*w).count();
+        assert!(unwritten > 4, "the failing writers were sent with others");
+        assert!(
+            answered.iter().any(|(_, w)| *w),
+            "the other batches are written"
+        );
+        // After a failed batch, the next is sent and written.
+        assert!(group.together(&pool, insert_job(1000)).await.is_some());
     }
 }

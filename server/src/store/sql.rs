@@ -12,7 +12,9 @@ use sqlx::{Acquire, AnyConnection, AnyPool, FromRow};
 use super::{
     Backend, ChangeFeed, ClientChange, ClientCredential, ClientRecord, Exchange, ExchangeRequest,
     NewRefreshToken, NewSession, Pruned, RefreshTokenRecord, Store, StoreError, StoredKey,
-    UserChange, UserRecord, group_commit::GroupCommit, postgres, sqlite,
+    UserChange, UserRecord,
+    group_commit::{GroupCommit, Param, Together, Writing},
+    postgres, sqlite,
 };
 use crate::model::{
     Audience, ClientId, InvalidInput, Presentation, RefreshTokenState, Revocation, RevocationKind,
@@ -55,7 +57,7 @@ impl SqlStore {
     /// commit nothing. A write is reported done only after its commit.
     async fn write<T>(
         &self,
-        work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, StoreError>,
+        work: impl AsyncFnOnce(&mut Writing<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         if let Some(group) = &self.group {
             return group.write(&self.pool, work).await;
@@ -63,7 +65,7 @@ impl SqlStore {
         let mut conn = self.pool.acquire().await?;
         let result = async {
             let mut tx = conn.begin().await?;
-            let value = work(&mut tx).await?;
+            let value = work(&mut Writing::opened(&mut tx)).await?;
             tx.commit().await?;
             Ok(value)
         }
@@ -201,6 +203,61 @@ impl SqlStore {
         .await?;
         Ok(())
     }
+}
+
+/// SQLite's common case (that of `rotate_in_one_statement`), sent together
+/// with other writers' (`GroupCommit::together`): the token is spent only
+/// when it is active, unexpired, of a live session and an enabled user,
+/// and covers the scopes requested; its successor is stored only when it
+/// was spent (`changes()` counts the statement before). The record read
+/// back is the spent token's (the caller uses its session, user and
+/// scopes). `None` when it is not that case, with nothing written, or
+/// when the batch failed: the full exchange follows.
+async fn rotate_together(
+    group: &GroupCommit,
+    pool: &AnyPool,
+    request: &ExchangeRequest<'_>,
+) -> Result<Option<RefreshTokenRecord>, StoreError> {
+    fn sql(writer: usize, base: usize) -> String {
+        let [presented, now, requested, successor, issued_at, expires_at] =
+            std::array::from_fn(|i| format!("${}", base + i + 1));
+        format!(
+            "UPDATE refresh_tokens SET spent_at_ms = {now_ms}, successor = {successor} \
+             WHERE hash = {presented} AND spent_at_ms IS NULL AND superseded_at IS NULL \
+               AND expires_at > {now} \
+               AND EXISTS (SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id \
+                           WHERE s.sid = refresh_tokens.sid \
+                             AND s.revoked_at IS NULL AND u.disabled_at IS NULL) \
+               AND NOT EXISTS (SELECT 1 FROM json_each({requested}) r \
+                               WHERE instr(' ' || scopes || ' ', ' ' || r.value || ' ') = 0); \
+             INSERT INTO refresh_tokens (hash, sid, scopes, issued_at, expires_at) \
+             SELECT {successor}, sid, scopes, {issued_at}, {expires_at} FROM refresh_tokens \
+             WHERE hash = {presented} AND changes() = 1; \
+             SELECT {writer} AS writer, {REFRESH_TOKEN_COLUMNS} {from} AND changes() = 1",
+            now_ms = now_ms_sql(Backend::Sqlite),
+            from = REFRESH_TOKEN_FROM.replace("$1", &presented),
+        )
+    }
+    let requested = serde_json::Value::from(request.requested_scopes.iter().collect::<Vec<_>>());
+    let job = Together {
+        sql,
+        params: vec![
+            Param::Bytes(request.presented.as_bytes().to_vec()),
+            Param::Int(request.now.as_secs()),
+            Param::Text(requested.to_string()),
+            Param::Bytes(request.successor.hash.as_bytes().to_vec()),
+            Param::Int(request.successor.issued_at.as_secs()),
+            Param::Int(request.successor.expires_at.as_secs()),
+        ],
+    };
+    let Some(rows) = group.together(pool, job).await else {
+        return Ok(None);
+    };
+    rows.first()
+        .map(|row| RefreshTokenRow::from_row(row).map_err(StoreError::from))
+        .transpose()?
+        .map(RefreshTokenRecord::try_from)
+        .transpose()
 }
 
 fn corrupt(what: &'static str) -> impl FnOnce(InvalidInput) -> StoreError {
@@ -487,7 +544,8 @@ impl Store for SqlStore {
         at: UnixTime,
         expires_at: UnixTime,
     ) -> Result<Option<String>, StoreError> {
-        self.write(async |conn| {
+        self.write(async |w| {
+            let conn = w.conn().await?;
             // A write first: it locks the user row (PostgreSQL) or the
             // database (SQLite), so sessions being created wait and then
             // find the user disabled.
@@ -586,7 +644,8 @@ impl Store for SqlStore {
         issued_up_to: UnixTime,
         expires_at: UnixTime,
     ) -> Result<bool, StoreError> {
-        self.write(async |conn| {
+        self.write(async |w| {
+            let conn = w.conn().await?;
             let statement = match change {
                 ClientChange::Disable => sqlx::query(
                     "UPDATE clients SET disabled_at = COALESCE(disabled_at, $2) WHERE id = $1",
@@ -625,8 +684,11 @@ impl Store for SqlStore {
         at: UnixTime,
         expires_at: UnixTime,
     ) -> Result<(), StoreError> {
-        self.write(async |conn| self.revoke_subject_in(conn, sub, at, expires_at).await)
-            .await
+        self.write(async |w| {
+            self.revoke_subject_in(w.conn().await?, sub, at, expires_at)
+                .await
+        })
+        .await
     }
 
     #[tracing::instrument(name = "db.users.change", skip_all)]
@@ -637,7 +699,8 @@ impl Store for SqlStore {
         at: UnixTime,
         expires_at: UnixTime,
     ) -> Result<Option<String>, StoreError> {
-        self.write(async |conn| {
+        self.write(async |w| {
+            let conn = w.conn().await?;
             let Some(id) =
                 sqlx::query_scalar::<_, String>("SELECT id FROM users WHERE username = $1")
                     .bind(username.as_str())
@@ -768,7 +831,8 @@ impl Store for SqlStore {
             // SQLite has one writer: the write lock taken by the first
             // statement orders this against any disable.
             Backend::Sqlite => {
-                self.write(async |conn| {
+                self.write(async |w| {
+                    let conn = w.conn().await?;
                     let created = sqlx::query(
                         "INSERT INTO sessions (sid, user_id, audience, created_at) \
                          SELECT $1, id, $3, $4 FROM users WHERE id = $2 AND disabled_at IS NULL",
@@ -827,7 +891,16 @@ impl Store for SqlStore {
                 replay: false,
             });
         }
-        self.write(async |conn| {
+        if let Some(group) = &self.group
+            && let Some(record) = rotate_together(group, &self.pool, request).await?
+        {
+            return Ok(Exchange::Issued {
+                record,
+                replay: false,
+            });
+        }
+        self.write(async |w| {
+            let conn = w.conn().await?;
             // SQLite: the shared transaction began IMMEDIATE, holding the
             // write lock, so no other exchange of this token can come
             // between read and write.
@@ -913,7 +986,8 @@ impl Store for SqlStore {
 
     #[tracing::instrument(name = "db.sessions.revoke", skip_all)]
     async fn revoke_session(&self, entry: &Revocation) -> Result<bool, StoreError> {
-        self.write(async |conn| {
+        self.write(async |w| {
+            let conn = w.conn().await?;
             let revoked = sqlx::query(
                 "UPDATE sessions SET revoked_at = $2 WHERE sid = $1 AND revoked_at IS NULL",
             )
@@ -932,7 +1006,7 @@ impl Store for SqlStore {
 
     #[tracing::instrument(name = "db.revocation_log.append", skip_all)]
     async fn append_revocation(&self, entry: &Revocation) -> Result<(), StoreError> {
-        self.write(async |conn| self.insert_revocation(conn, entry).await)
+        self.write(async |w| self.insert_revocation(w.conn().await?, entry).await)
             .await
     }
 
