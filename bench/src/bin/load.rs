@@ -575,6 +575,24 @@ fn issue_password() -> Call {
     })
 }
 
+/// Revokes each of `victims` once, in turn.
+fn revoke(victims: Arc<Vec<String>>) -> Call {
+    let next = Arc::new(AtomicU64::new(0));
+    Arc::new(move |channel, _, _| {
+        let i = usize::try_from(next.fetch_add(1, Ordering::Relaxed)).unwrap();
+        let token = victims[i % victims.len()].clone();
+        Box::pin(async move {
+            TokenServiceClient::new(channel)
+                .revoke(RevokeRequest {
+                    token,
+                    token_type_hint: 0,
+                })
+                .await
+                .is_ok()
+        })
+    })
+}
+
 /// Each task rotates its own session's refresh token.
 fn refresh(slots: Arc<Vec<Mutex<String>>>) -> Call {
     Arc::new(move |channel, task, _| {
@@ -780,11 +798,16 @@ async fn section_writes(plan: &Plan, postgres: Option<&str>) {
     let server = Server::start(None, &[]).await;
     let channels = server.channels(plan.connections).await;
     let slots = sessions(&server, plan.concurrency).await;
+    // Each Revoke a token not revoked before (about 15,000 a second at most).
+    let victims = Arc::new(mint(
+        &server.signing_key().await,
+        (plan.seconds * 15_000.0) as usize * plan.rounds,
+    ));
     let series = interleave(
         plan,
         &channels,
         server.pid(),
-        &[("refresh", refresh(slots))],
+        &[("refresh", refresh(slots)), ("revoke", revoke(victims))],
     )
     .await;
     line("Refresh, SQLite", &series[0], None);
@@ -794,6 +817,7 @@ async fn section_writes(plan: &Plan, postgres: Option<&str>) {
         median(&series[0].p50),
         median(&series[0].p99)
     );
+    line("Revoke, access tokens, SQLite", &series[1], None);
     println!("  server RSS after: {:.0} MiB", rss_mib(server.pid()));
 }
 

@@ -27,7 +27,9 @@ use std::{
     time::Duration,
 };
 
-use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, any::AnyRow, pool::PoolConnection};
+use sqlx::{
+    Any, AnyConnection, AnyPool, Connection, Executor, Row, any::AnyRow, pool::PoolConnection,
+};
 use tokio::{
     sync::{Mutex, oneshot, watch},
     time::Instant,
@@ -135,6 +137,9 @@ struct Shared {
     open: Mutex<Option<Batch>>,
     /// Writes waiting to be sent together ([`GroupCommit::together`]).
     queue: parking_lot::Mutex<Queue>,
+    /// The connection they are sent on, kept out of the pool: its cache
+    /// of prepared batch shapes stays warm, on one connection only.
+    together_conn: parking_lot::Mutex<Option<AnyConnection>>,
     /// Writers inside [`GroupCommit::write`] that have not finished their work.
     arriving: AtomicUsize,
 }
@@ -180,6 +185,7 @@ impl GroupCommit {
         Self(Arc::new(Shared {
             open: Mutex::new(None),
             queue: parking_lot::Mutex::new(Queue::default()),
+            together_conn: parking_lot::Mutex::new(None),
             arriving: AtomicUsize::new(0),
         }))
     }
@@ -415,12 +421,19 @@ async fn commit_together(
             };
         }
     }
-    let mut conn = pool.acquire().await?;
-    let rows = match query.fetch_all(&mut *conn).await {
-        Ok(rows) => rows,
+    let kept = shared.together_conn.lock().take();
+    let mut conn = match kept {
+        Some(conn) => conn,
+        None => pool.acquire().await?.detach(),
+    };
+    let rows = match query.fetch_all(&mut conn).await {
+        Ok(rows) => {
+            *shared.together_conn.lock() = Some(conn);
+            rows
+        }
         Err(e) => {
             // Closing the connection rolls back whatever ran.
-            conn.close_on_drop();
+            let _ = conn.close().await;
             return Err(e.into());
         }
     };

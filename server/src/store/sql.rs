@@ -205,6 +205,11 @@ impl SqlStore {
     }
 }
 
+/// `N` parameter names from `$base+1`, for `Together` statements.
+fn params<const N: usize>(base: usize) -> [String; N] {
+    std::array::from_fn(|i| format!("${}", base + i + 1))
+}
+
 /// SQLite's common case (that of `rotate_in_one_statement`), sent together
 /// with other writers' (`GroupCommit::together`): the token is spent only
 /// when it is active, unexpired, of a live session and an enabled user,
@@ -219,8 +224,7 @@ async fn rotate_together(
     request: &ExchangeRequest<'_>,
 ) -> Result<Option<RefreshTokenRecord>, StoreError> {
     fn sql(writer: usize, base: usize) -> String {
-        let [presented, now, requested, successor, issued_at, expires_at] =
-            std::array::from_fn(|i| format!("${}", base + i + 1));
+        let [presented, now, requested, successor, issued_at, expires_at] = params(base);
         format!(
             "UPDATE refresh_tokens SET spent_at_ms = {now_ms}, successor = {successor} \
              WHERE hash = {presented} AND spent_at_ms IS NULL AND superseded_at IS NULL \
