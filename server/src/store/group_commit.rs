@@ -54,8 +54,6 @@ type Outcome = Option<Result<(), String>>;
 /// leaves a mark the next one cleans up after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    /// A connection, and no transaction yet.
-    Unbegun,
     /// Between writers, no savepoint open.
     Idle,
     /// A writer's savepoint is open and its work running.
@@ -73,61 +71,6 @@ struct Batch {
     opened_at: Instant,
     stage: Stage,
     done: watch::Sender<Outcome>,
-}
-
-/// A writer's connection, inside its own savepoint (or, on PostgreSQL,
-/// its own transaction): the statement that opens the savepoint is sent
-/// on the first use of [`Writing::conn`].
-pub(crate) struct Writing<'c> {
-    conn: &'c mut AnyConnection,
-    /// The batch's stage, set to `InWork` as the opening is sent (so a
-    /// writer cancelled before that leaves nothing to undo).
-    stage: Option<&'c mut Stage>,
-    opening: Opening,
-}
-
-/// Where a writer's opening statement is.
-#[derive(Debug, Clone, Copy)]
-enum Opening {
-    /// Still to send.
-    Pending(&'static str),
-    /// Sent alone, and done.
-    Sent,
-    /// Sent, and failed.
-    Failed,
-}
-
-impl<'c> Writing<'c> {
-    /// A connection already inside its transaction.
-    pub(super) fn opened(conn: &'c mut AnyConnection) -> Self {
-        Self {
-            conn,
-            stage: None,
-            opening: Opening::Sent,
-        }
-    }
-
-    fn sending_opening(&mut self, how: Opening) {
-        self.opening = how;
-        if let Some(stage) = self.stage.as_deref_mut() {
-            *stage = Stage::InWork;
-        }
-    }
-
-    /// The connection, inside the writer's savepoint.
-    pub(super) async fn conn(&mut self) -> Result<&mut AnyConnection, StoreError> {
-        if let Opening::Pending(opening) = self.opening {
-            self.sending_opening(Opening::Sent);
-            match self.conn.execute(opening).await {
-                Ok(_) => self.opening = Opening::Sent,
-                Err(e) => {
-                    self.opening = Opening::Failed;
-                    return Err(e.into());
-                }
-            }
-        }
-        Ok(self.conn)
-    }
 }
 
 /// The shared transaction of a SQLite store.
@@ -194,7 +137,7 @@ impl GroupCommit {
     pub(super) async fn write<T>(
         &self,
         pool: &AnyPool,
-        work: impl AsyncFnOnce(&mut Writing<'_>) -> Result<T, StoreError>,
+        work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.0.arriving.fetch_add(1, Ordering::AcqRel);
         let mut writer = Writer {
@@ -210,13 +153,13 @@ impl GroupCommit {
     async fn run<T>(
         &self,
         pool: &AnyPool,
-        work: impl AsyncFnOnce(&mut Writing<'_>) -> Result<T, StoreError>,
+        work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, StoreError>,
         writer: &mut Writer,
     ) -> Result<T, StoreError> {
         let mut open = self.0.open.lock().await;
         recover(&mut open).await;
         let begin = match open.as_ref().map(|b| b.stage) {
-            None | Some(Stage::Unbegun) => "BEGIN IMMEDIATE; SAVEPOINT w",
+            None => "BEGIN IMMEDIATE; SAVEPOINT w",
             Some(Stage::Finished) => "RELEASE w; SAVEPOINT w",
             Some(_) => "SAVEPOINT w",
         };
@@ -226,46 +169,25 @@ impl GroupCommit {
                 conn,
                 writers: 0,
                 opened_at: Instant::now(),
-                stage: Stage::Unbegun,
+                stage: Stage::Idle,
                 done: watch::channel(None).0,
             });
         }
         let batch = open.as_mut().expect("a batch is open");
-        let mut writing = Writing {
-            conn: &mut batch.conn,
-            stage: Some(&mut batch.stage),
-            opening: Opening::Pending(begin),
-        };
-        let result = work(&mut writing).await;
-        let opening = writing.opening;
-        match (&result, opening) {
-            (Ok(_), Opening::Pending(_)) => {
-                // It wrote nothing: its savepoint is opened anyway, so
-                // the stages stay true.
-                batch.stage = Stage::InWork;
-                if let Err(e) = batch.conn.execute(begin).await {
-                    fail(&mut open, &e.to_string());
-                    return Err(e.into());
-                }
-                batch.stage = Stage::Finished;
-            }
-            (Ok(_), _) => batch.stage = Stage::Finished,
-            // Nothing was sent: nothing to undo.
-            (Err(_), Opening::Pending(_)) => {}
-            // Its work ran in its savepoint: undo that only.
-            (Err(_), Opening::Sent) => {
-                if let Err(e) = batch.conn.execute("ROLLBACK TO w; RELEASE w").await {
-                    fail(&mut open, &e.to_string());
-                    return result;
-                }
-                batch.stage = Stage::Idle;
-            }
-            // The opening failed: the shared transaction is in doubt, and
-            // given up.
-            (Err(e), Opening::Failed) => {
+        batch.stage = Stage::InWork;
+        if let Err(e) = batch.conn.execute(begin).await {
+            fail(&mut open, &e.to_string());
+            return Err(e.into());
+        }
+        let result = work(&mut batch.conn).await;
+        if result.is_ok() {
+            batch.stage = Stage::Finished;
+        } else {
+            if let Err(e) = batch.conn.execute("ROLLBACK TO w; RELEASE w").await {
                 fail(&mut open, &e.to_string());
                 return result;
             }
+            batch.stage = Stage::Idle;
         }
         batch.writers += 1;
         let full = batch.writers >= MAX_BATCH || batch.opened_at.elapsed() >= MAX_AGE;
@@ -455,11 +377,6 @@ async fn commit(open: &mut Option<Batch>) -> Result<(), StoreError> {
     let Some(batch) = open.as_mut() else {
         return Ok(());
     };
-    if batch.stage == Stage::Unbegun {
-        let batch = open.take().expect("a batch is open");
-        batch.done.send_replace(Some(Ok(())));
-        return Ok(());
-    }
     let commit = if batch.stage == Stage::Finished {
         "RELEASE w; COMMIT"
     } else {
@@ -493,7 +410,7 @@ fn fail(open: &mut Option<Batch>, error: &str) {
 async fn recover(open: &mut Option<Batch>) {
     let Some(batch) = open.as_mut() else { return };
     match batch.stage {
-        Stage::Unbegun | Stage::Idle | Stage::Finished => {}
+        Stage::Idle | Stage::Finished => {}
         Stage::InWork => match batch.conn.execute("ROLLBACK TO w; RELEASE w").await {
             Ok(_) => batch.stage = Stage::Idle,
             Err(e) => fail(open, &e.to_string()),
@@ -541,8 +458,7 @@ mod tests {
                 let (group, pool) = (Arc::clone(&group), pool.clone());
                 tokio::spawn(async move {
                     group
-                        .write(&pool, async |w| {
-                            let conn = w.conn().await?;
+                        .write(&pool, async |conn| {
                             sqlx::query("INSERT INTO t (n) VALUES ($1)")
                                 .bind(n)
                                 .execute(&mut *conn)
@@ -576,8 +492,7 @@ mod tests {
                 let (group, pool) = (Arc::clone(&group), pool.clone());
                 tokio::spawn(async move {
                     group
-                        .write(&pool, async |w| {
-                            let conn = w.conn().await?;
+                        .write(&pool, async |conn| {
                             sqlx::query("INSERT INTO t (n) VALUES ($1)")
                                 .bind(n)
                                 .execute(&mut *conn)
@@ -615,8 +530,7 @@ mod tests {
         let group = GroupCommit::new();
         let cancelled = tokio::time::timeout(
             Duration::from_millis(50),
-            group.write(&pool, async |w| {
-                let conn = w.conn().await?;
+            group.write(&pool, async |conn| {
                 sqlx::query("INSERT INTO t (n) VALUES (1)")
                     .execute(&mut *conn)
                     .await?;
@@ -627,8 +541,7 @@ mod tests {
         .await;
         assert!(cancelled.is_err());
         group
-            .write(&pool, async |w| {
-                let conn = w.conn().await?;
+            .write(&pool, async |conn| {
                 sqlx::query("INSERT INTO t (n) VALUES (2)")
                     .execute(&mut *conn)
                     .await?;
@@ -670,8 +583,7 @@ mod tests {
                     if n % 4 == 0 {
                         // Writers of the shared transaction, alongside.
                         group
-                            .write(&pool, async |w| {
-                                let conn = w.conn().await?;
+                            .write(&pool, async |conn| {
                                 sqlx::query("INSERT INTO t (n) VALUES ($1)")
                                     .bind(n)
                                     .execute(&mut *conn)

@@ -13,7 +13,7 @@ use super::{
     Backend, ChangeFeed, ClientChange, ClientCredential, ClientRecord, Exchange, ExchangeRequest,
     NewRefreshToken, NewSession, Pruned, RefreshTokenRecord, Store, StoreError, StoredKey,
     UserChange, UserRecord,
-    group_commit::{GroupCommit, Param, Together, Writing},
+    group_commit::{GroupCommit, Param, Together},
     postgres, sqlite,
 };
 use crate::model::{
@@ -57,7 +57,7 @@ impl SqlStore {
     /// commit nothing. A write is reported done only after its commit.
     async fn write<T>(
         &self,
-        work: impl AsyncFnOnce(&mut Writing<'_>) -> Result<T, StoreError>,
+        work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         if let Some(group) = &self.group {
             return group.write(&self.pool, work).await;
@@ -65,7 +65,7 @@ impl SqlStore {
         let mut conn = self.pool.acquire().await?;
         let result = async {
             let mut tx = conn.begin().await?;
-            let value = work(&mut Writing::opened(&mut tx)).await?;
+            let value = work(&mut tx).await?;
             tx.commit().await?;
             Ok(value)
         }
@@ -205,11 +205,6 @@ impl SqlStore {
     }
 }
 
-/// `N` parameter names from `$base+1`, for `Together` statements.
-fn params<const N: usize>(base: usize) -> [String; N] {
-    std::array::from_fn(|i| format!("${}", base + i + 1))
-}
-
 /// SQLite's common case (that of `rotate_in_one_statement`), sent together
 /// with other writers' (`GroupCommit::together`): the token is spent only
 /// when it is active, unexpired, of a live session and an enabled user,
@@ -224,7 +219,8 @@ async fn rotate_together(
     request: &ExchangeRequest<'_>,
 ) -> Result<Option<RefreshTokenRecord>, StoreError> {
     fn sql(writer: usize, base: usize) -> String {
-        let [presented, now, requested, successor, issued_at, expires_at] = params(base);
+        let [presented, now, requested, successor, issued_at, expires_at] =
+            std::array::from_fn(|i| format!("${}", base + i + 1));
         format!(
             "UPDATE refresh_tokens SET spent_at_ms = {now_ms}, successor = {successor} \
              WHERE hash = {presented} AND spent_at_ms IS NULL AND superseded_at IS NULL \
@@ -548,8 +544,7 @@ impl Store for SqlStore {
         at: UnixTime,
         expires_at: UnixTime,
     ) -> Result<Option<String>, StoreError> {
-        self.write(async |w| {
-            let conn = w.conn().await?;
+        self.write(async |conn| {
             // A write first: it locks the user row (PostgreSQL) or the
             // database (SQLite), so sessions being created wait and then
             // find the user disabled.
@@ -648,8 +643,7 @@ impl Store for SqlStore {
         issued_up_to: UnixTime,
         expires_at: UnixTime,
     ) -> Result<bool, StoreError> {
-        self.write(async |w| {
-            let conn = w.conn().await?;
+        self.write(async |conn| {
             let statement = match change {
                 ClientChange::Disable => sqlx::query(
                     "UPDATE clients SET disabled_at = COALESCE(disabled_at, $2) WHERE id = $1",
@@ -688,11 +682,8 @@ impl Store for SqlStore {
         at: UnixTime,
         expires_at: UnixTime,
     ) -> Result<(), StoreError> {
-        self.write(async |w| {
-            self.revoke_subject_in(w.conn().await?, sub, at, expires_at)
-                .await
-        })
-        .await
+        self.write(async |conn| self.revoke_subject_in(conn, sub, at, expires_at).await)
+            .await
     }
 
     #[tracing::instrument(name = "db.users.change", skip_all)]
@@ -703,8 +694,7 @@ impl Store for SqlStore {
         at: UnixTime,
         expires_at: UnixTime,
     ) -> Result<Option<String>, StoreError> {
-        self.write(async |w| {
-            let conn = w.conn().await?;
+        self.write(async |conn| {
             let Some(id) =
                 sqlx::query_scalar::<_, String>("SELECT id FROM users WHERE username = $1")
                     .bind(username.as_str())
@@ -835,8 +825,7 @@ impl Store for SqlStore {
             // SQLite has one writer: the write lock taken by the first
             // statement orders this against any disable.
             Backend::Sqlite => {
-                self.write(async |w| {
-                    let conn = w.conn().await?;
+                self.write(async |conn| {
                     let created = sqlx::query(
                         "INSERT INTO sessions (sid, user_id, audience, created_at) \
                          SELECT $1, id, $3, $4 FROM users WHERE id = $2 AND disabled_at IS NULL",
@@ -887,24 +876,19 @@ impl Store for SqlStore {
             now_ms_sql(self.backend)
         );
         let presented = request.presented.as_bytes().to_vec();
-        if self.backend == Backend::Postgres
-            && let Some(record) = self.rotate_in_one_statement(request).await?
-        {
+        // The common case first, in one round trip; the full exchange below
+        // judges the rest.
+        let rotated = match &self.group {
+            Some(group) => rotate_together(group, &self.pool, request).await?,
+            None => self.rotate_in_one_statement(request).await?,
+        };
+        if let Some(record) = rotated {
             return Ok(Exchange::Issued {
                 record,
                 replay: false,
             });
         }
-        if let Some(group) = &self.group
-            && let Some(record) = rotate_together(group, &self.pool, request).await?
-        {
-            return Ok(Exchange::Issued {
-                record,
-                replay: false,
-            });
-        }
-        self.write(async |w| {
-            let conn = w.conn().await?;
+        self.write(async |conn| {
             // SQLite: the shared transaction began IMMEDIATE, holding the
             // write lock, so no other exchange of this token can come
             // between read and write.
@@ -990,8 +974,7 @@ impl Store for SqlStore {
 
     #[tracing::instrument(name = "db.sessions.revoke", skip_all)]
     async fn revoke_session(&self, entry: &Revocation) -> Result<bool, StoreError> {
-        self.write(async |w| {
-            let conn = w.conn().await?;
+        self.write(async |conn| {
             let revoked = sqlx::query(
                 "UPDATE sessions SET revoked_at = $2 WHERE sid = $1 AND revoked_at IS NULL",
             )
@@ -1010,7 +993,7 @@ impl Store for SqlStore {
 
     #[tracing::instrument(name = "db.revocation_log.append", skip_all)]
     async fn append_revocation(&self, entry: &Revocation) -> Result<(), StoreError> {
-        self.write(async |w| self.insert_revocation(w.conn().await?, entry).await)
+        self.write(async |conn| self.insert_revocation(conn, entry).await)
             .await
     }
 
