@@ -50,9 +50,10 @@ pub enum TelemetryError {
 ///
 /// Log lines are events with their own fields; spans (per request, per
 /// domain call, per statement) are made only for the OTLP exporter, so
-/// without `OTEL_EXPORTER_OTLP_ENDPOINT` a request creates none: at the
-/// default `info` they cost Introspect about half its server CPU.
+/// without `OTEL_EXPORTER_OTLP_ENDPOINT` a request creates none (at the
+/// default `info` they were a third of Introspect's server CPU).
 pub fn init() -> Result<Telemetry, TelemetryError> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match std::env::var("TESSERA_LOG_FORMAT").as_deref() {
         Err(_) | Ok("" | "text") => false,
         Ok("json") => true,
@@ -98,7 +99,7 @@ pub fn init() -> Result<Telemetry, TelemetryError> {
         .is_none()
         .then(|| tracing_subscriber::filter::filter_fn(is_event));
     tracing_subscriber::registry()
-        .with(env_filter())
+        .with(filter)
         .with(events_only)
         .with(text)
         .with(json)
@@ -110,11 +111,6 @@ pub fn init() -> Result<Telemetry, TelemetryError> {
 /// Log lines are events; spans are for the exporter.
 fn is_event(metadata: &tracing::Metadata<'_>) -> bool {
     metadata.is_event()
-}
-
-/// `RUST_LOG`, or `info` when it is unset or unreadable.
-fn env_filter() -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// Reads propagation headers from gRPC request metadata.

@@ -279,22 +279,32 @@ impl GroupCommit {
 
 /// Sends the queue's batches until it is empty.
 async fn send_together(shared: &Shared, pool: &AnyPool) {
-    /// Gives up the lead however the task ends; jobs still queued then
-    /// are answered `None` (their writers write their own way).
-    struct Leading<'a>(&'a Shared);
+    /// Gives up the lead if the task ends by a panic; jobs still queued
+    /// are then answered `None` (their writers write their own way).
+    struct Leading<'a> {
+        shared: &'a Shared,
+        given_up: bool,
+    }
     impl Drop for Leading<'_> {
         fn drop(&mut self) {
-            let mut queue = self.0.queue.lock();
-            queue.leading = false;
-            queue.jobs.clear();
+            if !self.given_up {
+                let mut queue = self.shared.queue.lock();
+                queue.leading = false;
+                queue.jobs.clear();
+            }
         }
     }
-    let _leading = Leading(shared);
+    let mut leading = Leading {
+        shared,
+        given_up: false,
+    };
     loop {
         let jobs: Vec<_> = {
             let mut queue = shared.queue.lock();
             if queue.jobs.is_empty() {
+                // Under the lock: a job queued after this leads.
                 queue.leading = false;
+                leading.given_up = true;
                 return;
             }
             let n = queue.jobs.len().min(MAX_TOGETHER);

@@ -71,6 +71,8 @@ impl StderrSink {
                 .name("log-writer".into())
                 .spawn(move || write_batches(&shared, &mut out))
         };
+        // No thread: every line is written in place.
+        shared.lock().closed = thread.is_err();
         Self {
             shared,
             writer: Arc::new(Mutex::new(thread.ok())),
@@ -90,13 +92,13 @@ impl StderrSink {
 
     fn append(&self, line: &[u8]) {
         let mut pending = self.shared.lock();
+        while pending.bytes.len() >= MAX_PENDING && !pending.closed {
+            self.shared.room.wait(&mut pending);
+        }
         if pending.closed {
             drop(pending);
             let _ = io::stderr().write_all(line);
             return;
-        }
-        while pending.bytes.len() >= MAX_PENDING && !pending.closed {
-            self.shared.room.wait(&mut pending);
         }
         pending.bytes.extend_from_slice(line);
         if pending.idle {
@@ -125,9 +127,7 @@ fn write_batches(shared: &Shared, out: &mut impl Write) {
         let _ = out.write_all(&batch).and_then(|()| out.flush());
         batch.clear();
         if closed {
-            let mut pending = shared.lock();
-            let _ = out.write_all(&pending.bytes);
-            pending.bytes.clear();
+            // Lines from now on are written in place.
             return;
         }
         std::thread::sleep(PACE);
