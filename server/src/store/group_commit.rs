@@ -459,6 +459,31 @@ mod tests {
             .unwrap()
     }
 
+    /// Inserts `n` as a writer of the shared transaction.
+    async fn write_n(group: &GroupCommit, pool: &AnyPool, n: i64) {
+        group
+            .write(pool, async |conn| {
+                sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                    .bind(n)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Asserts `n` is visible to another connection: its writer was
+    /// answered after its commit.
+    async fn assert_committed(pool: &AnyPool, n: i64) {
+        let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t WHERE n = $1")
+            .bind(n)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(seen, 1, "writer {n} was answered before its commit");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_share_commits_and_each_is_durable_when_answered() {
         let (_dir, pool) = store().await;
@@ -467,23 +492,8 @@ mod tests {
             .map(|n| {
                 let (group, pool) = (Arc::clone(&group), pool.clone());
                 tokio::spawn(async move {
-                    group
-                        .write(&pool, async |conn| {
-                            sqlx::query("INSERT INTO t (n) VALUES ($1)")
-                                .bind(n)
-                                .execute(&mut *conn)
-                                .await?;
-                            Ok(())
-                        })
-                        .await
-                        .unwrap();
-                    // Answered: visible to another connection.
-                    let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t WHERE n = $1")
-                        .bind(n)
-                        .fetch_one(&pool)
-                        .await
-                        .unwrap();
-                    assert_eq!(seen, 1, "writer {n} was answered before its commit");
+                    write_n(&group, &pool, n).await;
+                    assert_committed(&pool, n).await;
                 })
             })
             .collect();
@@ -592,27 +602,13 @@ mod tests {
                 tokio::spawn(async move {
                     if n % 4 == 0 {
                         // Writers of the shared transaction, alongside.
-                        group
-                            .write(&pool, async |conn| {
-                                sqlx::query("INSERT INTO t (n) VALUES ($1)")
-                                    .bind(n)
-                                    .execute(&mut *conn)
-                                    .await?;
-                                Ok(())
-                            })
-                            .await
-                            .unwrap();
+                        write_n(&group, &pool, n).await;
                         return;
                     }
                     let rows = group.together(&pool, insert_job(n)).await.expect("written");
                     let read: Vec<i64> = rows.iter().map(|r| r.get::<i64, _>("n")).collect();
                     assert_eq!(read, [n], "writer {n} reads its own row only");
-                    let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t WHERE n = $1")
-                        .bind(n)
-                        .fetch_one(&pool)
-                        .await
-                        .unwrap();
-                    assert_eq!(seen, 1, "writer {n} was answered before its commit");
+                    assert_committed(&pool, n).await;
                 })
             })
             .collect();
