@@ -459,6 +459,29 @@ mod tests {
             .unwrap()
     }
 
+    /// Runs `writer(group, pool, n)` for every `n` at once, each in a task
+    /// of its own; their results, in the order of `ns`.
+    async fn concurrently<T, Fut>(
+        group: &Arc<GroupCommit>,
+        pool: &AnyPool,
+        ns: impl IntoIterator<Item = i64>,
+        writer: impl Fn(Arc<GroupCommit>, AnyPool, i64) -> Fut,
+    ) -> Vec<T>
+    where
+        T: Send + 'static,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+    {
+        let tasks: Vec<_> = ns
+            .into_iter()
+            .map(|n| tokio::spawn(writer(Arc::clone(group), pool.clone(), n)))
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        results
+    }
+
     /// Inserts `n` as a writer of the shared transaction.
     async fn write_n(group: &GroupCommit, pool: &AnyPool, n: i64) {
         group
@@ -488,18 +511,11 @@ mod tests {
     async fn concurrent_writers_share_commits_and_each_is_durable_when_answered() {
         let (_dir, pool) = store().await;
         let group = Arc::new(GroupCommit::new());
-        let writers: Vec<_> = (0..200)
-            .map(|n| {
-                let (group, pool) = (Arc::clone(&group), pool.clone());
-                tokio::spawn(async move {
-                    write_n(&group, &pool, n).await;
-                    assert_committed(&pool, n).await;
-                })
-            })
-            .collect();
-        for w in writers {
-            w.await.unwrap();
-        }
+        concurrently(&group, &pool, 0..200, |group, pool, n| async move {
+            write_n(&group, &pool, n).await;
+            assert_committed(&pool, n).await;
+        })
+        .await;
         assert_eq!(count(&pool).await, 200);
     }
 
@@ -507,34 +523,27 @@ mod tests {
     async fn a_failing_writer_rolls_back_only_its_own_work() {
         let (_dir, pool) = store().await;
         let group = Arc::new(GroupCommit::new());
-        let writers: Vec<_> = (0..50)
-            .map(|n| {
-                let (group, pool) = (Arc::clone(&group), pool.clone());
-                tokio::spawn(async move {
-                    group
-                        .write(&pool, async |conn| {
-                            sqlx::query("INSERT INTO t (n) VALUES ($1)")
-                                .bind(n)
-                                .execute(&mut *conn)
-                                .await?;
-                            if n % 2 == 1 {
-                                // A second insert of the same key fails.
-                                sqlx::query("INSERT INTO t (n) VALUES ($1)")
-                                    .bind(n)
-                                    .execute(&mut *conn)
-                                    .await?;
-                            }
-                            Ok(())
-                        })
-                        .await
-                        .is_ok()
+        let results = concurrently(&group, &pool, 0..50, |group, pool, n| async move {
+            group
+                .write(&pool, async |conn| {
+                    sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                        .bind(n)
+                        .execute(&mut *conn)
+                        .await?;
+                    if n % 2 == 1 {
+                        // A second insert of the same key fails.
+                        sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                            .bind(n)
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
                 })
-            })
-            .collect();
-        let mut ok = 0;
-        for w in writers {
-            ok += usize::from(w.await.unwrap());
-        }
+                .await
+                .is_ok()
+        })
+        .await;
+        let ok = results.iter().filter(|ok| **ok).count();
         assert_eq!(ok, 25);
         assert_eq!(count(&pool).await, 25);
         let odd: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t WHERE n % 2 = 1")
@@ -596,25 +605,18 @@ mod tests {
     async fn writers_sent_together_are_committed_and_each_reads_its_own_rows() {
         let (_dir, pool) = store().await;
         let group = Arc::new(GroupCommit::new());
-        let writers: Vec<_> = (1..=300)
-            .map(|n| {
-                let (group, pool) = (Arc::clone(&group), pool.clone());
-                tokio::spawn(async move {
-                    if n % 4 == 0 {
-                        // Writers of the shared transaction, alongside.
-                        write_n(&group, &pool, n).await;
-                        return;
-                    }
-                    let rows = group.together(&pool, insert_job(n)).await.expect("written");
-                    let read: Vec<i64> = rows.iter().map(|r| r.get::<i64, _>("n")).collect();
-                    assert_eq!(read, [n], "writer {n} reads its own row only");
-                    assert_committed(&pool, n).await;
-                })
-            })
-            .collect();
-        for w in writers {
-            w.await.unwrap();
-        }
+        concurrently(&group, &pool, 1..=300, |group, pool, n| async move {
+            if n % 4 == 0 {
+                // Writers of the shared transaction, alongside.
+                write_n(&group, &pool, n).await;
+                return;
+            }
+            let rows = group.together(&pool, insert_job(n)).await.expect("written");
+            let read: Vec<i64> = rows.iter().map(|r| r.get::<i64, _>("n")).collect();
+            assert_eq!(read, [n], "writer {n} reads its own row only");
+            assert_committed(&pool, n).await;
+        })
+        .await;
         assert_eq!(count(&pool).await, 300);
     }
 
@@ -626,19 +628,11 @@ mod tests {
             .await
             .unwrap();
         let group = Arc::new(GroupCommit::new());
-        let writers: Vec<_> = (1..=200)
-            .map(|n| {
-                let (group, pool) = (Arc::clone(&group), pool.clone());
-                tokio::spawn(async move {
-                    let job = insert_job(if n % 50 == 7 { -n } else { n });
-                    (n, group.together(&pool, job).await.is_some())
-                })
-            })
-            .collect();
-        let mut answered = Vec::new();
-        for w in writers {
-            answered.push(w.await.unwrap());
-        }
+        let answered = concurrently(&group, &pool, 1..=200, |group, pool, n| async move {
+            let job = insert_job(if n % 50 == 7 { -n } else { n });
+            (n, group.together(&pool, job).await.is_some())
+        })
+        .await;
         let rows: Vec<i64> = sqlx::query_scalar("SELECT n FROM t WHERE n > 0")
             .fetch_all(&pool)
             .await
