@@ -91,6 +91,32 @@ impl TestDatabase {
     }
 }
 
+impl Drop for TestDatabase {
+    /// A PostgreSQL database is dropped with its test (connections still
+    /// open to it are cut), so a run's databases do not pile up on disk;
+    /// best effort, as a failed drop only costs space.
+    fn drop(&mut self) {
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        let name = self.url.rsplit('/').next().unwrap_or_default().to_owned();
+        let dropper = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let mut admin = PgConnection::connect(&postgres_admin_url()).await.ok()?;
+                admin
+                    .execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str())
+                    .await
+                    .ok()
+            })
+        });
+        let _ = dropper.join();
+    }
+}
+
 impl TestDatabase {
     /// PostgreSQL only: cuts every connection to this database off and
     /// refuses new ones (a real outage, for this database alone), or lets
