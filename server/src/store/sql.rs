@@ -87,24 +87,7 @@ impl SqlStore {
         &self,
         request: &ExchangeRequest<'_>,
     ) -> Result<Option<RefreshTokenRecord>, StoreError> {
-        let sql = format!(
-            "WITH cur AS ( \
-                 SELECT t.hash AS presented, {REFRESH_TOKEN_COLUMNS} {REFRESH_TOKEN_FROM} \
-                 AND t.spent_at_ms IS NULL AND t.superseded_at IS NULL AND t.expires_at > $2 \
-                 AND s.revoked_at IS NULL AND u.disabled_at IS NULL \
-                 AND string_to_array(t.scopes, ' ') @> string_to_array($3, ' ') \
-                 FOR UPDATE OF t \
-             ), spent AS ( \
-                 UPDATE refresh_tokens r SET spent_at_ms = {now_ms}, successor = $4 \
-                 FROM cur WHERE r.hash = cur.presented RETURNING r.sid, r.scopes \
-             ), born AS ( \
-                 INSERT INTO refresh_tokens (hash, sid, scopes, issued_at, expires_at) \
-                 SELECT $4, sid, scopes, $5, $6 FROM spent RETURNING hash \
-             ) \
-             SELECT cur.* FROM cur JOIN born ON true",
-            now_ms = now_ms_sql(self.backend)
-        );
-        let row = sqlx::query_as::<_, RefreshTokenRow>(&sql)
+        let row = sqlx::query_as::<_, RefreshTokenRow>(&rotation_statement())
             .bind(request.presented.as_bytes().to_vec())
             .bind(request.now.as_secs())
             .bind(request.requested_scopes.joined())
@@ -352,16 +335,39 @@ impl TryFrom<ClientRow> for ClientRecord {
     }
 }
 
-/// A refresh token's columns, with its session, user and current successor.
+/// PostgreSQL's one-statement rotation (see `rotate_in_one_statement`):
+/// presented hash $1, now $2, requested scopes $3, successor hash $4, its
+/// issue and expiry times $5 and $6.
+pub(super) fn rotation_statement() -> String {
+    format!(
+        "WITH cur AS ( \
+             SELECT t.hash AS presented, {REFRESH_TOKEN_COLUMNS} {REFRESH_TOKEN_FROM} \
+             AND t.spent_at_ms IS NULL AND t.superseded_at IS NULL AND t.expires_at > $2 \
+             AND s.revoked_at IS NULL AND u.disabled_at IS NULL \
+             AND string_to_array(t.scopes, ' ') @> string_to_array($3, ' ') \
+             FOR UPDATE OF t \
+         ), spent AS ( \
+             UPDATE refresh_tokens r SET spent_at_ms = {now_ms}, successor = $4 \
+             FROM cur WHERE r.hash = cur.presented RETURNING r.sid, r.scopes \
+         ), born AS ( \
+             INSERT INTO refresh_tokens (hash, sid, scopes, issued_at, expires_at) \
+             SELECT $4, sid, scopes, $5, $6 FROM spent RETURNING hash \
+         ) \
+         SELECT cur.* FROM cur JOIN born ON true",
+        now_ms = now_ms_sql(Backend::Postgres)
+    )
+}
+
 /// What a [`UserRow`] reads.
 const USER_COLUMNS: &str = "id, username, password_hash, scopes, audiences, roles, disabled_at";
 /// What a [`ClientRow`] reads.
 const CLIENT_COLUMNS: &str = "id, secret_hash, previous_secret_hash, previous_secret_expires_at, \
      roles, tls_subject, tls_cert_sha256, scopes, audiences, disabled_at";
-const REFRESH_TOKEN_COLUMNS: &str = "t.sid, t.scopes, t.issued_at, t.expires_at, t.spent_at_ms, \
+/// A refresh token's columns, with its session, user and current successor.
+pub(super) const REFRESH_TOKEN_COLUMNS: &str = "t.sid, t.scopes, t.issued_at, t.expires_at, t.spent_at_ms, \
      t.replays, t.superseded_at, t.successor, n.spent_at_ms AS successor_spent_at_ms, \
      s.user_id, s.audience, s.revoked_at, u.username, u.disabled_at, u.roles";
-const REFRESH_TOKEN_FROM: &str = "FROM refresh_tokens t \
+pub(super) const REFRESH_TOKEN_FROM: &str = "FROM refresh_tokens t \
      JOIN sessions s ON s.sid = t.sid \
      JOIN users u ON u.id = s.user_id \
      LEFT JOIN refresh_tokens n ON n.hash = t.successor \
