@@ -132,6 +132,17 @@ fn run(command: &mut Command, stdin: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Drops the PostgreSQL database at `url` (its servers stopped), so runs
+/// against a cluster of one's own do not pile databases up.
+async fn drop_database(admin: &str, url: &str) {
+    use sqlx::{Connection, Executor};
+    let name = url.rsplit('/').next().unwrap();
+    let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
+    conn.execute(format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#).as_str())
+        .await
+        .unwrap();
+}
+
 /// A fresh database URL: a new PostgreSQL database, or a SQLite file.
 async fn database(postgres: Option<&str>, data: &std::path::Path) -> String {
     match postgres {
@@ -893,6 +904,8 @@ async fn refresh_postgres(plan: &Plan, postgres: &str) {
         "  server RSS after Issue and Refresh load: {:.0} MiB",
         rss_mib(server.pid())
     );
+    drop((channels, server));
+    drop_database(postgres, &url).await;
 }
 
 /// Argon2 verifications per second on `threads` threads, in this process,
@@ -1201,6 +1214,9 @@ async fn section_revocation(plan: &Plan, postgres: &str) {
         during.percentile_ms(0.99) / quiet.percentile_ms(0.99)
     );
     drop(channels);
+    let url = a.url.clone();
+    drop((a, c));
+    drop_database(postgres, &url).await;
 }
 
 /// Introspect over TLS against plaintext: two servers alike but for TLS
