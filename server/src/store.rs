@@ -17,6 +17,7 @@ use crate::model::{
     UnixTime, Username,
 };
 
+mod batch;
 mod group_commit;
 mod postgres;
 mod sql;

@@ -27,15 +27,16 @@ use std::{
     time::Duration,
 };
 
-use sqlx::{
-    Any, AnyConnection, AnyPool, Connection, Executor, Row, any::AnyRow, pool::PoolConnection,
-};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, any::AnyRow, pool::PoolConnection};
 use tokio::{
-    sync::{Mutex, oneshot, watch},
+    sync::{Mutex, watch},
     time::Instant,
 };
 
-use super::StoreError;
+use super::{
+    StoreError,
+    batch::{Batcher, Rows, SendBatch, rows_by_writer},
+};
 
 /// Writers per batch, at most.
 const MAX_BATCH: usize = 256;
@@ -74,13 +75,11 @@ struct Batch {
 }
 
 /// The shared transaction of a SQLite store.
-pub(super) struct GroupCommit(Arc<Shared>);
+pub(super) struct GroupCommit(Arc<Shared>, Batcher<Together>);
 
 struct Shared {
     open: Mutex<Option<Batch>>,
-    /// Writes waiting to be sent together ([`GroupCommit::together`]).
-    queue: parking_lot::Mutex<Queue>,
-    /// The connection they are sent on, kept out of the pool: its cache
+    /// The connection writes sent together ([`GroupCommit::together`]) go on, kept out of the pool: its cache
     /// of prepared batch shapes stays warm, on one connection only.
     together_conn: parking_lot::Mutex<Option<AnyConnection>>,
     /// Writers inside [`GroupCommit::write`] that have not finished their work.
@@ -124,13 +123,18 @@ impl Drop for Writer {
 }
 
 impl GroupCommit {
-    pub(super) fn new() -> Self {
-        Self(Arc::new(Shared {
+    pub(super) fn new(pool: AnyPool) -> Self {
+        let shared = Arc::new(Shared {
             open: Mutex::new(None),
-            queue: parking_lot::Mutex::new(Queue::default()),
             together_conn: parking_lot::Mutex::new(None),
             arriving: AtomicUsize::new(0),
-        }))
+        });
+        let sender = Arc::clone(&shared);
+        let send: SendBatch<Together> = Arc::new(move |jobs| {
+            let (shared, pool) = (Arc::clone(&sender), pool.clone());
+            Box::pin(async move { commit_together(&shared, &pool, jobs).await })
+        });
+        Self(shared, Batcher::new(send, MAX_TOGETHER, true))
     }
 
     /// Runs `work` in the shared transaction and returns once it is durable.
@@ -242,13 +246,6 @@ pub(super) enum Param {
     Text(String),
 }
 
-#[derive(Default)]
-struct Queue {
-    jobs: Vec<(Together, oneshot::Sender<Vec<AnyRow>>)>,
-    /// A task is sending the queue's batches.
-    leading: bool,
-}
-
 /// Writers sent together at most: powers of two up to this, so a
 /// connection's statement cache holds a few shapes of batch.
 const MAX_TOGETHER: usize = 64;
@@ -259,69 +256,9 @@ impl GroupCommit {
     /// ...; COMMIT`): for small writes whose cost is mostly that round
     /// trip. Its rows once committed, or `None` when nothing of the batch
     /// was written (a statement of it failed): the caller then writes its
-    /// own way. The batches are sent by a task of their own, so a writer
-    /// cancelled while waiting cancels nobody else's write (its own may
-    /// still happen, as if its answer were lost).
-    pub(super) async fn together(&self, pool: &AnyPool, job: Together) -> Option<Vec<AnyRow>> {
-        let (answer, answered) = oneshot::channel();
-        let lead = {
-            let mut queue = self.0.queue.lock();
-            queue.jobs.push((job, answer));
-            !std::mem::replace(&mut queue.leading, true)
-        };
-        if lead {
-            let (shared, pool) = (Arc::clone(&self.0), pool.clone());
-            tokio::spawn(async move { send_together(&shared, &pool).await });
-        }
-        answered.await.ok()
-    }
-}
-
-/// Sends the queue's batches until it is empty.
-async fn send_together(shared: &Shared, pool: &AnyPool) {
-    /// Gives up the lead if the task ends by a panic; jobs still queued
-    /// are then answered `None` (their writers write their own way).
-    struct Leading<'a> {
-        shared: &'a Shared,
-        given_up: bool,
-    }
-    impl Drop for Leading<'_> {
-        fn drop(&mut self) {
-            if !self.given_up {
-                let mut queue = self.shared.queue.lock();
-                queue.leading = false;
-                queue.jobs.clear();
-            }
-        }
-    }
-    let mut leading = Leading {
-        shared,
-        given_up: false,
-    };
-    loop {
-        let jobs: Vec<_> = {
-            let mut queue = shared.queue.lock();
-            if queue.jobs.is_empty() {
-                // Under the lock: a job queued after this leads.
-                queue.leading = false;
-                leading.given_up = true;
-                return;
-            }
-            let n = queue.jobs.len().min(MAX_TOGETHER);
-            let n = 1 << n.ilog2();
-            queue.jobs.drain(..n).collect()
-        };
-        match commit_together(shared, pool, &jobs).await {
-            Ok(mut rows) => {
-                for (writer, (_, answer)) in jobs.into_iter().enumerate() {
-                    let _ = answer.send(std::mem::take(&mut rows[writer]));
-                }
-            }
-            // Dropping the answers says "not written".
-            Err(e) => {
-                tracing::debug!(error = %e, writers = jobs.len(), "a batch sent together failed");
-            }
-        }
+    /// own way (see [`Batcher::submit`]).
+    pub(super) async fn together(&self, job: Together) -> Option<Vec<AnyRow>> {
+        self.1.submit(job).await
     }
 }
 
@@ -329,22 +266,22 @@ async fn send_together(shared: &Shared, pool: &AnyPool) {
 async fn commit_together(
     shared: &Shared,
     pool: &AnyPool,
-    jobs: &[(Together, oneshot::Sender<Vec<AnyRow>>)],
-) -> Result<Vec<Vec<AnyRow>>, StoreError> {
+    jobs: Vec<Together>,
+) -> Result<Rows, StoreError> {
     let mut open = shared.open.lock().await;
     // The shared transaction's writers are done first.
     recover(&mut open).await;
     commit(&mut open).await?;
     let mut sql = String::from("BEGIN IMMEDIATE; ");
     let mut base = 0;
-    for (writer, (job, _)) in jobs.iter().enumerate() {
+    for (writer, job) in jobs.iter().enumerate() {
         sql.push_str(&(job.sql)(writer, base));
         sql.push_str("; ");
         base += job.params.len();
     }
     sql.push_str("COMMIT");
     let mut query = sqlx::query(&sql);
-    for (job, _) in jobs {
+    for job in &jobs {
         for param in &job.params {
             query = match param {
                 Param::Bytes(b) => query.bind(b.clone()),
@@ -369,17 +306,7 @@ async fn commit_together(
             return Err(e.into());
         }
     };
-    let mut by_writer: Vec<Vec<AnyRow>> = jobs.iter().map(|_| Vec::new()).collect();
-    for row in rows {
-        let writer: i64 = row.try_get("writer")?;
-        if let Some(rows) = usize::try_from(writer)
-            .ok()
-            .and_then(|w| by_writer.get_mut(w))
-        {
-            rows.push(row);
-        }
-    }
-    Ok(by_writer)
+    rows_by_writer(rows, jobs.len())
 }
 
 /// Commits the open batch and tells its writers.
@@ -439,6 +366,8 @@ fn commit_failed(error: &str) -> StoreError {
 
 #[cfg(test)]
 mod tests {
+    use sqlx::Row;
+
     use super::*;
 
     async fn store() -> (tempfile::TempDir, AnyPool) {
@@ -510,7 +439,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_share_commits_and_each_is_durable_when_answered() {
         let (_dir, pool) = store().await;
-        let group = Arc::new(GroupCommit::new());
+        let group = Arc::new(GroupCommit::new(pool.clone()));
         concurrently(&group, &pool, 0..200, |group, pool, n| async move {
             write_n(&group, &pool, n).await;
             assert_committed(&pool, n).await;
@@ -522,7 +451,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_writer_rolls_back_only_its_own_work() {
         let (_dir, pool) = store().await;
-        let group = Arc::new(GroupCommit::new());
+        let group = Arc::new(GroupCommit::new(pool.clone()));
         let results = concurrently(&group, &pool, 0..50, |group, pool, n| async move {
             group
                 .write(&pool, async |conn| {
@@ -556,7 +485,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_writer_cancelled_mid_work_leaves_nothing_and_blocks_nobody() {
         let (_dir, pool) = store().await;
-        let group = GroupCommit::new();
+        let group = GroupCommit::new(pool.clone());
         let cancelled = tokio::time::timeout(
             Duration::from_millis(50),
             group.write(&pool, async |conn| {
@@ -604,14 +533,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writers_sent_together_are_committed_and_each_reads_its_own_rows() {
         let (_dir, pool) = store().await;
-        let group = Arc::new(GroupCommit::new());
+        let group = Arc::new(GroupCommit::new(pool.clone()));
         concurrently(&group, &pool, 1..=300, |group, pool, n| async move {
             if n % 4 == 0 {
                 // Writers of the shared transaction, alongside.
                 write_n(&group, &pool, n).await;
                 return;
             }
-            let rows = group.together(&pool, insert_job(n)).await.expect("written");
+            let rows = group.together(insert_job(n)).await.expect("written");
             let read: Vec<i64> = rows.iter().map(|r| r.get::<i64, _>("n")).collect();
             assert_eq!(read, [n], "writer {n} reads its own row only");
             assert_committed(&pool, n).await;
@@ -627,10 +556,10 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
-        let group = Arc::new(GroupCommit::new());
-        let answered = concurrently(&group, &pool, 1..=200, |group, pool, n| async move {
+        let group = Arc::new(GroupCommit::new(pool.clone()));
+        let answered = concurrently(&group, &pool, 1..=200, |group, _pool, n| async move {
             let job = insert_job(if n % 50 == 7 { -n } else { n });
-            (n, group.together(&pool, job).await.is_some())
+            (n, group.together(job).await.is_some())
         })
         .await;
         let rows: Vec<i64> = sqlx::query_scalar("SELECT n FROM t WHERE n > 0")
@@ -650,6 +579,6 @@ mod tests {
             "the other batches are written"
         );
         // After a failed batch, the next is sent and written.
-        assert!(group.together(&pool, insert_job(1000)).await.is_some());
+        assert!(group.together(insert_job(1000)).await.is_some());
     }
 }

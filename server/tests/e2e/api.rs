@@ -31,6 +31,7 @@ on_both_backends!(
     replays_within_the_grace_window_are_bounded,
     concurrent_refreshes_of_one_token_leave_at_most_one_live_chain,
     with_no_grace_concurrent_refreshes_of_one_token_end_the_session,
+    refreshes_of_many_sessions_at_once_each_continue_their_own_chain,
     logins_racing_a_disable_never_leave_a_live_session,
     a_user_disabled_directly_in_the_database_cannot_refresh_or_log_in,
     an_expired_refresh_token_is_rejected,
@@ -436,6 +437,60 @@ async fn concurrent_refreshes_of_one_token_leave_at_most_one_live_chain(backend:
         live <= 1,
         "{live} live chains after 50 concurrent refreshes"
     );
+}
+
+async fn refreshes_of_many_sessions_at_once_each_continue_their_own_chain(backend: Backend) {
+    // Refreshes arriving together are written together (one statement or
+    // one transaction for many): each must get its own session's answer.
+    let (app, _db) = spawn_app(backend).await;
+    let bearer = app.introspector_token().await;
+    let mut chains = Vec::new();
+    for i in 0..24 {
+        let (name, scope) = (format!("user{i}"), format!("s{i}"));
+        let sub = app.add_user(&name, "pw", &[&scope]).await;
+        let first = app.login(&name, "pw").await.unwrap();
+        chains.push((name, scope, sub, first.refresh_token));
+    }
+    for _wave in 0..2 {
+        let refreshes: Vec<_> = chains
+            .iter()
+            .map(|(_, _, _, token)| {
+                let mut client = app.client.clone();
+                let token = token.clone();
+                tokio::spawn(async move {
+                    client
+                        .refresh(RefreshRequest {
+                            refresh_token: token,
+                            scopes: Vec::new(),
+                        })
+                        .await
+                        .map(tonic::Response::into_inner)
+                })
+            })
+            .collect();
+        for (chain, refresh) in chains.iter_mut().zip(refreshes) {
+            let (name, scope, sub, token) = chain;
+            let pair = refresh.await.unwrap().unwrap();
+            let access = app
+                .introspect_with(&bearer, &pair.access_token)
+                .await
+                .unwrap();
+            assert!(access.active, "{name}");
+            assert_eq!(
+                (&access.sub, &access.scopes[..]),
+                (&*sub, &[scope.clone()][..]),
+                "{name}"
+            );
+            let next = app
+                .introspect_with(&bearer, &pair.refresh_token)
+                .await
+                .unwrap();
+            assert!(next.active && next.username == *name, "{name}: {next:?}");
+            let spent = app.introspect_with(&bearer, token).await.unwrap();
+            assert!(!spent.active, "{name}'s presented token is spent");
+            *token = pair.refresh_token;
+        }
+    }
 }
 
 async fn with_no_grace_concurrent_refreshes_of_one_token_end_the_session(backend: Backend) {
