@@ -75,12 +75,17 @@ struct Batch {
 }
 
 /// The shared transaction of a SQLite store.
-pub(super) struct GroupCommit(Arc<Shared>, Batcher<Together>);
+pub(super) struct GroupCommit {
+    shared: Arc<Shared>,
+    /// Writes sent together, on the shared connection.
+    together: Batcher<Together>,
+}
 
 struct Shared {
     open: Mutex<Option<Batch>>,
-    /// The connection writes sent together ([`GroupCommit::together`]) go on, kept out of the pool: its cache
-    /// of prepared batch shapes stays warm, on one connection only.
+    /// The connection that writes sent together ([`GroupCommit::together`])
+    /// go on, kept out of the pool: its cache of prepared batch shapes
+    /// stays warm, on one connection only.
     together_conn: parking_lot::Mutex<Option<AnyConnection>>,
     /// Writers inside [`GroupCommit::write`] that have not finished their work.
     arriving: AtomicUsize,
@@ -134,7 +139,10 @@ impl GroupCommit {
             let (shared, pool) = (Arc::clone(&sender), pool.clone());
             Box::pin(async move { commit_together(&shared, &pool, jobs).await })
         });
-        Self(shared, Batcher::new(send, MAX_TOGETHER, true))
+        Self {
+            shared,
+            together: Batcher::new(send, MAX_TOGETHER, true),
+        }
     }
 
     /// Runs `work` in the shared transaction and returns once it is durable.
@@ -143,9 +151,9 @@ impl GroupCommit {
         pool: &AnyPool,
         work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.0.arriving.fetch_add(1, Ordering::AcqRel);
+        self.shared.arriving.fetch_add(1, Ordering::AcqRel);
         let mut writer = Writer {
-            shared: Arc::clone(&self.0),
+            shared: Arc::clone(&self.shared),
             arriving: true,
             answered: false,
         };
@@ -160,7 +168,7 @@ impl GroupCommit {
         work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, StoreError>,
         writer: &mut Writer,
     ) -> Result<T, StoreError> {
-        let mut open = self.0.open.lock().await;
+        let mut open = self.shared.open.lock().await;
         recover(&mut open).await;
         let begin = match open.as_ref().map(|b| b.stage) {
             None => "BEGIN IMMEDIATE; SAVEPOINT w",
@@ -197,7 +205,7 @@ impl GroupCommit {
         let full = batch.writers >= MAX_BATCH || batch.opened_at.elapsed() >= MAX_AGE;
         let mut done = batch.done.subscribe();
         writer.done_arriving();
-        let last = self.0.arriving.load(Ordering::Acquire) == 0;
+        let last = self.shared.arriving.load(Ordering::Acquire) == 0;
         if last || full {
             let committed = commit(&mut open).await;
             let value = result?;
@@ -212,7 +220,7 @@ impl GroupCommit {
             if !matches!(waited, Ok(Ok(()))) {
                 // Nobody committed it (the writers still to come were
                 // cancelled): commit it ourselves, if it is still open.
-                let mut open = self.0.open.lock().await;
+                let mut open = self.shared.open.lock().await;
                 if done.borrow().is_none() {
                     recover(&mut open).await;
                     commit(&mut open).await?;
@@ -258,7 +266,7 @@ impl GroupCommit {
     /// was written (a statement of it failed): the caller then writes its
     /// own way (see [`Batcher::submit`]).
     pub(super) async fn together(&self, job: Together) -> Option<Vec<AnyRow>> {
-        self.1.submit(job).await
+        self.together.submit(job).await
     }
 }
 

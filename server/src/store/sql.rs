@@ -356,12 +356,15 @@ struct Rotation {
     expires_at: i64,
 }
 
+/// Rotations per statement at most.
+const MAX_ROTATIONS: usize = 64;
+
 fn rotation_batcher(pool: AnyPool) -> Batcher<Rotation> {
     let send: SendBatch<Rotation> = std::sync::Arc::new(move |jobs| {
         let pool = pool.clone();
         Box::pin(async move { rotate_batch(&pool, jobs).await })
     });
-    Batcher::new(send, 64, false)
+    Batcher::new(send, MAX_ROTATIONS, false)
 }
 
 async fn rotate_batch(pool: &AnyPool, jobs: Vec<Rotation>) -> Result<Rows, StoreError> {
