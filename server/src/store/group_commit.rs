@@ -378,7 +378,8 @@ mod tests {
 
     use super::*;
 
-    async fn store() -> (tempfile::TempDir, AnyPool) {
+    /// A SQLite database with a table `t`, and its group commit.
+    async fn store() -> (tempfile::TempDir, AnyPool, Arc<GroupCommit>) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let pool = super::super::sqlite::pool(&url, 4).await.unwrap();
@@ -386,7 +387,8 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
-        (dir, pool)
+        let group = Arc::new(GroupCommit::new(pool.clone()));
+        (dir, pool, group)
     }
 
     async fn count(pool: &AnyPool) -> i64 {
@@ -446,8 +448,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_share_commits_and_each_is_durable_when_answered() {
-        let (_dir, pool) = store().await;
-        let group = Arc::new(GroupCommit::new(pool.clone()));
+        let (_dir, pool, group) = store().await;
         concurrently(&group, &pool, 0..200, |group, pool, n| async move {
             write_n(&group, &pool, n).await;
             assert_committed(&pool, n).await;
@@ -458,8 +459,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_writer_rolls_back_only_its_own_work() {
-        let (_dir, pool) = store().await;
-        let group = Arc::new(GroupCommit::new(pool.clone()));
+        let (_dir, pool, group) = store().await;
         let results = concurrently(&group, &pool, 0..50, |group, pool, n| async move {
             group
                 .write(&pool, async |conn| {
@@ -492,8 +492,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_writer_cancelled_mid_work_leaves_nothing_and_blocks_nobody() {
-        let (_dir, pool) = store().await;
-        let group = GroupCommit::new(pool.clone());
+        let (_dir, pool, group) = store().await;
         let cancelled = tokio::time::timeout(
             Duration::from_millis(50),
             group.write(&pool, async |conn| {
@@ -540,8 +539,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writers_sent_together_are_committed_and_each_reads_its_own_rows() {
-        let (_dir, pool) = store().await;
-        let group = Arc::new(GroupCommit::new(pool.clone()));
+        let (_dir, pool, group) = store().await;
         concurrently(&group, &pool, 1..=300, |group, pool, n| async move {
             if n % 4 == 0 {
                 // Writers of the shared transaction, alongside.
@@ -559,12 +557,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_statement_leaves_its_whole_batch_unwritten_and_answered_so() {
-        let (_dir, pool) = store().await;
+        let (_dir, pool, group) = store().await;
         sqlx::query("INSERT INTO t (n) VALUES (0)")
             .execute(&pool)
             .await
             .unwrap();
-        let group = Arc::new(GroupCommit::new(pool.clone()));
         let answered = concurrently(&group, &pool, 1..=200, |group, _pool, n| async move {
             let job = insert_job(if n % 50 == 7 { -n } else { n });
             (n, group.together(job).await.is_some())

@@ -387,10 +387,19 @@ async fn concurrent_refreshes(
     token: &str,
     n: usize,
 ) -> Vec<Result<tessera::pb::RefreshResponse, tonic::Status>> {
-    let attempts: Vec<_> = (0..n)
-        .map(|_| {
+    refreshes_at_once(app, &vec![token.to_owned(); n]).await
+}
+
+/// Presents every one of `tokens` at once; returns the answers, in order.
+async fn refreshes_at_once(
+    app: &crate::helpers::TestApp,
+    tokens: &[String],
+) -> Vec<Result<tessera::pb::RefreshResponse, tonic::Status>> {
+    let attempts: Vec<_> = tokens
+        .iter()
+        .map(|token| {
             let mut client = app.client.clone();
-            let token = token.to_owned();
+            let token = token.clone();
             tokio::spawn(async move {
                 client
                     .refresh(RefreshRequest {
@@ -452,25 +461,11 @@ async fn refreshes_of_many_sessions_at_once_each_continue_their_own_chain(backen
         chains.push((name, scope, sub, first.refresh_token));
     }
     for _wave in 0..2 {
-        let refreshes: Vec<_> = chains
-            .iter()
-            .map(|(_, _, _, token)| {
-                let mut client = app.client.clone();
-                let token = token.clone();
-                tokio::spawn(async move {
-                    client
-                        .refresh(RefreshRequest {
-                            refresh_token: token,
-                            scopes: Vec::new(),
-                        })
-                        .await
-                        .map(tonic::Response::into_inner)
-                })
-            })
-            .collect();
-        for (chain, refresh) in chains.iter_mut().zip(refreshes) {
+        let tokens: Vec<String> = chains.iter().map(|c| c.3.clone()).collect();
+        let answers = refreshes_at_once(&app, &tokens).await;
+        for (chain, answer) in chains.iter_mut().zip(answers) {
             let (name, scope, sub, token) = chain;
-            let pair = refresh.await.unwrap().unwrap();
+            let pair = answer.unwrap();
             let access = app
                 .introspect_with(&bearer, &pair.access_token)
                 .await
