@@ -15,13 +15,15 @@ use super::StoreError;
 pub(super) type Rows = Vec<Vec<AnyRow>>;
 
 /// Sends one batch of jobs.
-pub(super) type SendBatch<J> = Arc<
+pub(super) type SendBatch<J> = Box<
     dyn Fn(Vec<J>) -> Pin<Box<dyn Future<Output = Result<Rows, StoreError>> + Send>> + Send + Sync,
 >;
 
 /// A queue of jobs `J` and how to send a batch of them.
-pub(super) struct Batcher<J> {
-    queue: Arc<parking_lot::Mutex<Queue<J>>>,
+pub(super) struct Batcher<J>(Arc<Inner<J>>);
+
+struct Inner<J> {
+    queue: parking_lot::Mutex<Queue<J>>,
     send: SendBatch<J>,
     /// Jobs per batch at most (a batch of more takes the first ones).
     max: usize,
@@ -38,15 +40,15 @@ struct Queue<J> {
 
 impl<J: Send + 'static> Batcher<J> {
     pub(super) fn new(send: SendBatch<J>, max: usize, powers_of_two: bool) -> Self {
-        Self {
-            queue: Arc::new(parking_lot::Mutex::new(Queue {
+        Self(Arc::new(Inner {
+            queue: parking_lot::Mutex::new(Queue {
                 jobs: Vec::new(),
                 leading: false,
-            })),
+            }),
             send,
             max,
             powers_of_two,
-        }
+        }))
     }
 
     /// Sends `job` with every other job waiting: its rows once committed,
@@ -55,70 +57,66 @@ impl<J: Send + 'static> Batcher<J> {
     pub(super) async fn submit(&self, job: J) -> Option<Vec<AnyRow>> {
         let (answer, answered) = oneshot::channel();
         let lead = {
-            let mut queue = self.queue.lock();
+            let mut queue = self.0.queue.lock();
             queue.jobs.push((job, answer));
             !std::mem::replace(&mut queue.leading, true)
         };
         if lead {
-            let (queue, send) = (Arc::clone(&self.queue), Arc::clone(&self.send));
-            let (max, powers_of_two) = (self.max, self.powers_of_two);
-            tokio::spawn(async move { lead_batches(&queue, &send, max, powers_of_two).await });
+            let inner = Arc::clone(&self.0);
+            tokio::spawn(async move { inner.lead().await });
         }
         answered.await.ok()
     }
 }
 
-/// Sends the queue's batches until it is empty.
-async fn lead_batches<J>(
-    queue: &parking_lot::Mutex<Queue<J>>,
-    send: &SendBatch<J>,
-    max: usize,
-    powers_of_two: bool,
-) {
-    /// Gives up the lead if the task ends by a panic; jobs still queued
-    /// are then answered `None` (their writers write their own way).
-    struct Leading<'a, J> {
-        queue: &'a parking_lot::Mutex<Queue<J>>,
-        given_up: bool,
-    }
-    impl<J> Drop for Leading<'_, J> {
-        fn drop(&mut self) {
-            if !self.given_up {
-                let mut queue = self.queue.lock();
-                queue.leading = false;
-                queue.jobs.clear();
-            }
+impl<J> Inner<J> {
+    /// Sends the queue's batches until it is empty.
+    async fn lead(&self) {
+        /// Gives up the lead if the task ends by a panic; jobs still queued
+        /// are then answered `None` (their writers write their own way).
+        struct Leading<'a, J> {
+            queue: &'a parking_lot::Mutex<Queue<J>>,
+            given_up: bool,
         }
-    }
-    let mut leading = Leading {
-        queue,
-        given_up: false,
-    };
-    loop {
-        let (jobs, answers): (Vec<J>, Vec<_>) = {
-            let mut queue = queue.lock();
-            if queue.jobs.is_empty() {
-                // Under the lock: a job queued after this leads.
-                queue.leading = false;
-                leading.given_up = true;
-                return;
-            }
-            let mut n = queue.jobs.len().min(max);
-            if powers_of_two {
-                n = 1 << n.ilog2();
-            }
-            queue.jobs.drain(..n).unzip()
-        };
-        let writers = jobs.len();
-        match send(jobs).await {
-            Ok(mut rows) => {
-                for (writer, answer) in answers.into_iter().enumerate() {
-                    let _ =
-                        answer.send(rows.get_mut(writer).map(std::mem::take).unwrap_or_default());
+        impl<J> Drop for Leading<'_, J> {
+            fn drop(&mut self) {
+                if !self.given_up {
+                    let mut queue = self.queue.lock();
+                    queue.leading = false;
+                    queue.jobs.clear();
                 }
             }
-            // Dropping the answers says "not written".
-            Err(e) => tracing::debug!(error = %e, writers, "a batch sent together failed"),
+        }
+        let mut leading = Leading {
+            queue: &self.queue,
+            given_up: false,
+        };
+        loop {
+            let (jobs, answers): (Vec<J>, Vec<_>) = {
+                let mut queue = self.queue.lock();
+                if queue.jobs.is_empty() {
+                    // Under the lock: a job queued after this leads.
+                    queue.leading = false;
+                    leading.given_up = true;
+                    return;
+                }
+                let mut n = queue.jobs.len().min(self.max);
+                if self.powers_of_two {
+                    n = 1 << n.ilog2();
+                }
+                queue.jobs.drain(..n).unzip()
+            };
+            let writers = jobs.len();
+            match (self.send)(jobs).await {
+                Ok(mut rows) => {
+                    for (writer, answer) in answers.into_iter().enumerate() {
+                        let _ = answer
+                            .send(rows.get_mut(writer).map(std::mem::take).unwrap_or_default());
+                    }
+                }
+                // Dropping the answers says "not written".
+                Err(e) => tracing::debug!(error = %e, writers, "a batch sent together failed"),
+            }
         }
     }
 }

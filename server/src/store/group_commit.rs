@@ -135,7 +135,7 @@ impl GroupCommit {
             arriving: AtomicUsize::new(0),
         });
         let sender = Arc::clone(&shared);
-        let send: SendBatch<Together> = Arc::new(move |jobs| {
+        let send: SendBatch<Together> = Box::new(move |jobs| {
             let (shared, pool) = (Arc::clone(&sender), pool.clone());
             Box::pin(async move { commit_together(&shared, &pool, jobs).await })
         });

@@ -47,9 +47,12 @@ pub(super) async fn pool(url: &str, max_connections: u32) -> Result<AnyPool, Sto
 /// from the smallest table, is cheapest, and the plan stays while the table
 /// grows, until autovacuum next analyzes it: measured on a fresh database, a
 /// refresh read every refresh token twice (850 refreshes/s instead of
-/// 3,400, falling as the table grew). With sequential scans priced out and
-/// joins kept in the order written (from the key outward), the plan is the
-/// same at any size. A statement with no usable index still scans.
+/// 4,000, falling as the table grew). With sequential and bitmap scans and
+/// hash and merge joins priced out, reads go through indexes by key, and
+/// joins keep the tree written (which side drives a join is still the
+/// planner's choice: a statement that must start from one table says so,
+/// as the batched rotation does with a fenced lateral subquery). A
+/// statement with no usable index still scans.
 const PLANNER_SETTINGS: [(&str, &str); 5] = [
     ("enable_seqscan", "off"),
     ("enable_bitmapscan", "off"),
@@ -60,7 +63,7 @@ const PLANNER_SETTINGS: [(&str, &str); 5] = [
 
 /// `url` with [`PLANNER_SETTINGS`] added to its `options` (sqlx's `Any`
 /// driver takes its PostgreSQL options from the URL alone).
-pub(super) fn with_planner_settings(url: &str) -> String {
+fn with_planner_settings(url: &str) -> String {
     let separator = if url.contains('?') { '&' } else { '?' };
     let settings: Vec<String> = PLANNER_SETTINGS
         .iter()
@@ -183,7 +186,7 @@ mod tests {
         let statements = [
             (
                 "rotation",
-                super::super::sql::batch_rotation_statement(),
+                super::super::sql::BATCH_ROTATION.clone(),
                 r#"('[{"writer": 0, "presented": "AA==", "now": 0, "requested": "", "successor": "AQ==", "issued_at": 0, "expires_at": 0}]')"#,
             ),
             (

@@ -360,7 +360,7 @@ struct Rotation {
 const MAX_ROTATIONS: usize = 64;
 
 fn rotation_batcher(pool: AnyPool) -> Batcher<Rotation> {
-    let send: SendBatch<Rotation> = std::sync::Arc::new(move |jobs| {
+    let send: SendBatch<Rotation> = Box::new(move |jobs| {
         let pool = pool.clone();
         Box::pin(async move { rotate_batch(&pool, jobs).await })
     });
@@ -385,7 +385,7 @@ async fn rotate_batch(pool: &AnyPool, jobs: Vec<Rotation>) -> Result<Rows, Store
             })
         })
         .collect();
-    let rows = sqlx::query(&batch_rotation_statement())
+    let rows = sqlx::query(&BATCH_ROTATION)
         .bind(serde_json::Value::Array(batch).to_string())
         .fetch_all(pool)
         .await?;
@@ -399,7 +399,7 @@ async fn rotate_batch(pool: &AnyPool, jobs: Vec<Rotation>) -> Result<Rows, Store
 /// job (the lateral subquery, fenced by its LIMIT, is planned as for one
 /// token), and tokens are locked in the order of their hashes, so two
 /// replicas' batches cannot deadlock.
-pub(super) fn batch_rotation_statement() -> String {
+pub(super) static BATCH_ROTATION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH req AS MATERIALIZED ( \
              SELECT DISTINCT ON (presented) writer, decode(presented, 'base64') AS presented, \
@@ -430,7 +430,7 @@ pub(super) fn batch_rotation_statement() -> String {
         from = REFRESH_TOKEN_FROM.replace("$1", "req.presented"),
         now_ms = now_ms_sql(Backend::Postgres)
     )
-}
+});
 
 /// What a [`UserRow`] reads.
 const USER_COLUMNS: &str = "id, username, password_hash, scopes, audiences, roles, disabled_at";
