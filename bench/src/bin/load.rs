@@ -501,6 +501,16 @@ async fn interleave(
     for round in 0..plan.rounds {
         for k in 0..workloads.len() {
             let i = (k + round) % workloads.len();
+            let perf = (round == 0 && std::env::var("LOAD_PROFILE").is_ok()).then(|| {
+                std::process::Command::new("perf")
+                    .args(std::env::var("LOAD_PROFILE").unwrap().split_whitespace())
+                    .args(["-p", &pid.to_string(), "-o"])
+                    .arg(format!("/tmp/perf-{}.data", workloads[i].0))
+                    .args(["--", "sleep", &format!("{}", plan.seconds)])
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            });
             let sample = drive(
                 channels,
                 plan.concurrency,
@@ -510,6 +520,9 @@ async fn interleave(
             )
             .await;
             series[i].push(&sample);
+            if let Some(mut p) = perf {
+                p.wait().unwrap();
+            }
         }
     }
     series

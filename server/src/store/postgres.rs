@@ -146,12 +146,14 @@ mod tests {
         }
     }
 
-    /// The refresh statements' plans on a new database, as PostgreSQL
-    /// caches them for a pooled connection once autovacuum has analyzed the
-    /// still tiny tables: they start from the presented token's key and
-    /// read no table whole, so they stay cheap as the tables grow.
+    /// The plans of the statements that run per refresh and of the prune,
+    /// on a new database, as PostgreSQL caches them for a pooled connection
+    /// once autovacuum has analyzed the still tiny tables: every read starts
+    /// from an index condition (the refresh statements from the presented
+    /// token's key), none reads a table or an index whole, so they stay cheap
+    /// as the tables grow.
     #[tokio::test]
-    async fn plans_made_on_tiny_tables_start_from_the_key() {
+    async fn plans_made_on_tiny_tables_start_from_a_key() {
         let admin = std::env::var("TESSERA_TEST_DATABASE_URL").expect(
             "TESSERA_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh, \
              which starts a throwaway PostgreSQL",
@@ -174,20 +176,24 @@ mod tests {
             "INSERT INTO users (id, username, password_hash, scopes, audiences, created_at) \
              VALUES ('u', 'u', 'x', '', '', 0)",
             "INSERT INTO sessions (sid, user_id, audience, created_at) \
-             SELECT 's' || g, 'u', 'a', 0 FROM generate_series(1, 64) g",
+             SELECT 's' || g, 'u', 'a', g FROM generate_series(1, 64) g",
             "INSERT INTO refresh_tokens (hash, sid, scopes, issued_at, expires_at) \
-             SELECT sha256(g::text::bytea), 's' || (g % 64 + 1), '', 0, 1 \
+             SELECT sha256(g::text::bytea), 's' || (g % 64 + 1), '', 0, g \
              FROM generate_series(1, 128) g",
+            "INSERT INTO revocation_log (kind, value, at, expires_at) \
+             SELECT 'token', 'j' || g, 0, g FROM generate_series(1, 64) g",
             "ANALYZE",
             "SET plan_cache_mode = force_generic_plan",
         ] {
             sqlx::query(sql).execute(&mut *conn).await.unwrap();
         }
+        let sql = super::super::sql::PRUNE;
         let statements = [
             (
                 "rotation",
                 super::super::sql::BATCH_ROTATION.clone(),
                 r#"('[{"writer": 0, "presented": "AA==", "now": 0, "requested": "", "successor": "AQ==", "issued_at": 0, "expires_at": 0}]')"#,
+                Some("refresh_tokens_pkey on refresh_tokens t"),
             ),
             (
                 "find",
@@ -197,9 +203,13 @@ mod tests {
                     super::super::sql::REFRESH_TOKEN_FROM
                 ),
                 "('\\x00')",
+                Some("refresh_tokens_pkey on refresh_tokens t"),
             ),
+            ("prune_revocations", sql[0].to_owned(), "(10, 16)", None),
+            ("prune_tokens", sql[1].to_owned(), "(10, 16)", None),
+            ("prune_sessions", sql[2].to_owned(), "(10, 16)", None),
         ];
-        for (statement, sql, arguments) in statements {
+        for (statement, sql, arguments, first) in statements {
             sqlx::query(&format!("PREPARE {statement} AS {sql}"))
                 .execute(&mut *conn)
                 .await
@@ -209,20 +219,21 @@ mod tests {
                     .fetch_all(&mut *conn)
                     .await
                     .unwrap();
-            let plan = plan.join("\n");
-            assert!(!plan.contains("Seq Scan"), "{statement}:\n{plan}");
-            let first_read = plan
-                .lines()
-                .find(|l| {
-                    ["Index Scan", "Seq Scan", "Bitmap Heap Scan"]
-                        .iter()
-                        .any(|k| l.contains(k))
-                })
-                .unwrap();
-            assert!(
-                first_read.contains("Index Scan using refresh_tokens_pkey on refresh_tokens t"),
-                "{statement} starts elsewhere:\n{plan}"
-            );
+            let scans = scans(&plan);
+            for (scan, condition) in &scans {
+                assert!(
+                    condition.is_some(),
+                    "{statement} reads all of `{scan}`:\n{}",
+                    plan.join("\n")
+                );
+            }
+            if let Some(first) = first {
+                assert!(
+                    scans[0].0.contains(first),
+                    "{statement} starts elsewhere:\n{}",
+                    plan.join("\n")
+                );
+            }
         }
         drop(conn);
         pool.close().await;
@@ -230,5 +241,35 @@ mod tests {
             .execute(format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#).as_str())
             .await
             .unwrap();
+    }
+
+    /// The reads of a plan (scans of a table or an index), in order, each
+    /// with the index or recheck condition that bounds it (`None`: it reads
+    /// the whole relation).
+    fn scans(plan: &[String]) -> Vec<(String, Option<String>)> {
+        const READS: [&str; 5] = [
+            "Seq Scan",
+            "Index Scan",
+            "Index Only Scan",
+            "Bitmap Heap Scan",
+            "Bitmap Index Scan",
+        ];
+        let mut scans: Vec<(String, Option<String>)> = Vec::new();
+        let mut in_scan = false;
+        for (i, line) in plan.iter().enumerate() {
+            let text = line.trim_start();
+            if i == 0 || text.starts_with("->") {
+                let node = text.trim_start_matches("->").trim_start();
+                in_scan = READS.iter().any(|r| node.starts_with(r));
+                if in_scan {
+                    scans.push((node.to_owned(), None));
+                }
+            } else if in_scan
+                && (text.starts_with("Index Cond:") || text.starts_with("Recheck Cond:"))
+            {
+                scans.last_mut().expect("a scan").1 = Some(text.to_owned());
+            }
+        }
+        scans
     }
 }

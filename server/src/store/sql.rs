@@ -169,6 +169,21 @@ impl SqlStore {
     }
 }
 
+/// The prune's deletions, each of at most `$2` rows older than `$1`: the
+/// expired revocations, the expired refresh tokens, then the sessions
+/// created before `$1` that no refresh token is left in. Each starts from an
+/// index on its age (`*_expires_at`, `sessions_created_at`), so a batch
+/// reads what it deletes, not the table.
+pub(super) const PRUNE: [&str; 3] = [
+    "DELETE FROM revocation_log WHERE id IN \
+     (SELECT id FROM revocation_log WHERE expires_at < $1 LIMIT $2)",
+    "DELETE FROM refresh_tokens WHERE hash IN \
+     (SELECT hash FROM refresh_tokens WHERE expires_at < $1 LIMIT $2)",
+    "DELETE FROM sessions WHERE sid IN \
+     (SELECT s.sid FROM sessions s WHERE s.created_at < $1 \
+      AND NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.sid = s.sid) LIMIT $2)",
+];
+
 /// SQLite's common case (that of `rotate_sent_together`), sent together
 /// with other writers' (`GroupCommit::together`): the token is spent only
 /// when it is active, unexpired, of a live session and an enabled user,
@@ -1154,24 +1169,12 @@ impl Store for SqlStore {
     #[tracing::instrument(name = "db.prune", skip_all)]
     async fn prune(&self, before: UnixTime, batch: i64) -> Result<Pruned, StoreError> {
         let mut pruned = Pruned::default();
-        for (statement, count) in [
-            (
-                "DELETE FROM revocation_log WHERE id IN \
-                 (SELECT id FROM revocation_log WHERE expires_at < $1 LIMIT $2)",
-                &mut pruned.revocations,
-            ),
-            (
-                "DELETE FROM refresh_tokens WHERE hash IN \
-                 (SELECT hash FROM refresh_tokens WHERE expires_at < $1 LIMIT $2)",
-                &mut pruned.refresh_tokens,
-            ),
-            (
-                "DELETE FROM sessions WHERE sid IN \
-                 (SELECT s.sid FROM sessions s WHERE s.created_at < $1 \
-                  AND NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.sid = s.sid) LIMIT $2)",
-                &mut pruned.sessions,
-            ),
-        ] {
+        let counts = [
+            &mut pruned.revocations,
+            &mut pruned.refresh_tokens,
+            &mut pruned.sessions,
+        ];
+        for (statement, count) in PRUNE.into_iter().zip(counts) {
             loop {
                 let deleted = sqlx::query(statement)
                     .bind(before.as_secs())
