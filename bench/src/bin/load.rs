@@ -7,7 +7,9 @@
 //! Run it with `scripts/bench.sh` (it builds in release and starts a
 //! throwaway PostgreSQL); `scripts/bench.sh --only introspect,refresh`
 //! runs some sections; `--seconds` and `--rounds` change the windows;
-//! `--log info` runs the servers with the default logging (else `warn`).
+//! `--log info` runs the servers with the default logging (else `warn`);
+//! `--perf "record -F 999 -g"` profiles each workload's first window of the
+//! server with `perf` into `perf-<workload>.data`.
 
 use std::{
     future::Future,
@@ -63,6 +65,9 @@ struct Plan {
     only: Vec<String>,
     /// The signing algorithm of the Introspect section's server.
     alg: String,
+    /// `perf` arguments (`--perf "record -F 999 -g"`): each workload's first
+    /// window is profiled into `perf-<workload>.data`.
+    perf: Option<String>,
 }
 
 impl Plan {
@@ -501,16 +506,10 @@ async fn interleave(
     for round in 0..plan.rounds {
         for k in 0..workloads.len() {
             let i = (k + round) % workloads.len();
-            let perf = (round == 0 && std::env::var("LOAD_PROFILE").is_ok()).then(|| {
-                std::process::Command::new("perf")
-                    .args(std::env::var("LOAD_PROFILE").unwrap().split_whitespace())
-                    .args(["-p", &pid.to_string(), "-o"])
-                    .arg(format!("/tmp/perf-{}.data", workloads[i].0))
-                    .args(["--", "sleep", &format!("{}", plan.seconds)])
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap()
-            });
+            let profiler = match (&plan.perf, round) {
+                (Some(perf), 0) => profile(perf, pid, workloads[i].0, plan.seconds),
+                _ => None,
+            };
             let sample = drive(
                 channels,
                 plan.concurrency,
@@ -520,12 +519,30 @@ async fn interleave(
             )
             .await;
             series[i].push(&sample);
-            if let Some(mut p) = perf {
-                p.wait().unwrap();
+            if let Some(mut profiler) = profiler {
+                let _ = profiler.wait();
             }
         }
     }
     series
+}
+
+/// Runs `perf <arguments> -p <pid> -o perf-<workload>.data` for one window.
+fn profile(arguments: &str, pid: u32, workload: &str, seconds: f64) -> Option<Child> {
+    let started = Command::new("perf")
+        .args(arguments.split_whitespace())
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-o",
+            &format!("perf-{workload}.data"),
+        ])
+        .args(["--", "sleep", &seconds.to_string()])
+        .stderr(Stdio::null())
+        .spawn();
+    started
+        .inspect_err(|e| eprintln!("perf could not be run: {e}"))
+        .ok()
 }
 
 fn line(name: &str, s: &Series, baseline: Option<(&str, &Series)>) {
@@ -1301,6 +1318,7 @@ fn main() {
         rounds: arg("--rounds", "3").parse().unwrap(),
         concurrency: arg("--concurrency", "64").parse().unwrap(),
         alg: arg("--alg", "ES256"),
+        perf: Some(arg("--perf", "")).filter(|p| !p.is_empty()),
         connections: arg("--connections", "4").parse().unwrap(),
         only: arg("--only", "")
             .split(',')
