@@ -421,16 +421,19 @@ mod tests {
         results
     }
 
+    /// Inserts `n` into `t` on `conn`.
+    async fn insert(conn: &mut AnyConnection, n: i64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO t (n) VALUES ($1)")
+            .bind(n)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
     /// Inserts `n` as a writer of the shared transaction.
     async fn write_n(group: &GroupCommit, pool: &AnyPool, n: i64) {
         group
-            .write(pool, async |conn| {
-                sqlx::query("INSERT INTO t (n) VALUES ($1)")
-                    .bind(n)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
-            })
+            .write(pool, async |conn| insert(conn, n).await)
             .await
             .unwrap();
     }
@@ -463,16 +466,10 @@ mod tests {
         let results = concurrently(&group, &pool, 0..50, |group, pool, n| async move {
             group
                 .write(&pool, async |conn| {
-                    sqlx::query("INSERT INTO t (n) VALUES ($1)")
-                        .bind(n)
-                        .execute(&mut *conn)
-                        .await?;
+                    insert(conn, n).await?;
                     if n % 2 == 1 {
                         // A second insert of the same key fails.
-                        sqlx::query("INSERT INTO t (n) VALUES ($1)")
-                            .bind(n)
-                            .execute(&mut *conn)
-                            .await?;
+                        insert(conn, n).await?;
                     }
                     Ok(())
                 })
@@ -496,9 +493,7 @@ mod tests {
         let cancelled = tokio::time::timeout(
             Duration::from_millis(50),
             group.write(&pool, async |conn| {
-                sqlx::query("INSERT INTO t (n) VALUES (1)")
-                    .execute(&mut *conn)
-                    .await?;
+                insert(conn, 1).await?;
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 Ok(())
             }),
@@ -506,12 +501,7 @@ mod tests {
         .await;
         assert!(cancelled.is_err());
         group
-            .write(&pool, async |conn| {
-                sqlx::query("INSERT INTO t (n) VALUES (2)")
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
-            })
+            .write(&pool, async |conn| insert(conn, 2).await)
             .await
             .unwrap();
         let rows: Vec<i64> = sqlx::query_scalar("SELECT n FROM t")

@@ -187,7 +187,7 @@ mod tests {
         ] {
             sqlx::query(sql).execute(&mut *conn).await.unwrap();
         }
-        let sql = super::super::sql::PRUNE;
+        let prune = super::super::sql::PRUNE;
         let statements = [
             (
                 "rotation",
@@ -205,9 +205,9 @@ mod tests {
                 "('\\x00')",
                 Some("refresh_tokens_pkey on refresh_tokens t"),
             ),
-            ("prune_revocations", sql[0].to_owned(), "(10, 16)", None),
-            ("prune_tokens", sql[1].to_owned(), "(10, 16)", None),
-            ("prune_sessions", sql[2].to_owned(), "(10, 16)", None),
+            ("prune_revocations", prune[0].to_owned(), "(10, 16)", None),
+            ("prune_tokens", prune[1].to_owned(), "(10, 16)", None),
+            ("prune_sessions", prune[2].to_owned(), "(10, 16)", None),
         ];
         for (statement, sql, arguments, first) in statements {
             sqlx::query(&format!("PREPARE {statement} AS {sql}"))
