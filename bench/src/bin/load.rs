@@ -467,6 +467,13 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The least and the greatest of `v`.
+fn bounds(v: &[f64]) -> (f64, f64) {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (lo, hi)
+}
+
 /// Per-round figures of one workload.
 #[derive(Default)]
 struct Series {
@@ -489,21 +496,29 @@ impl Series {
         median(&self.rps)
     }
     fn spread(v: &[f64]) -> String {
-        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let (lo, hi) = bounds(v);
         format!("[{lo:.0}..{hi:.0}]")
+    }
+
+    fn spread_us(v: &[f64]) -> String {
+        let (lo, hi) = bounds(v);
+        format!("[{lo:.1}..{hi:.1}]")
     }
 }
 
 /// Interleaves `workloads` over `rounds`, rotating the order each round.
+/// `between` runs before each round, while no load runs: an in-process
+/// baseline measured there is interleaved with the windows it is set against.
 async fn interleave(
     plan: &Plan,
     channels: &[Channel],
     pid: u32,
     workloads: &[(&str, Call)],
+    between: &mut dyn FnMut(),
 ) -> Vec<Series> {
     let mut series: Vec<Series> = workloads.iter().map(|_| Series::default()).collect();
     for round in 0..plan.rounds {
+        between();
         for k in 0..workloads.len() {
             let i = (k + round) % workloads.len();
             let profiler = match (&plan.perf, round) {
@@ -548,12 +563,8 @@ fn profile(arguments: &str, pid: u32, workload: &str, seconds: f64) -> Option<Ch
 fn line(name: &str, s: &Series, baseline: Option<(&str, &Series)>) {
     let ratio = baseline.map_or(String::new(), |(b, base)| {
         let ratios: Vec<f64> = s.rps.iter().zip(&base.rps).map(|(a, b)| a / b).collect();
-        format!(
-            "  = {:.2}x {b} [{:.2}..{:.2}]",
-            median(&ratios),
-            ratios.iter().copied().fold(f64::INFINITY, f64::min),
-            ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max)
-        )
+        let (lo, hi) = bounds(&ratios);
+        format!("  = {:.2}x {b} [{lo:.2}..{hi:.2}]", median(&ratios))
     });
     println!(
         "  {name:<44} {:>8.0} rps {:<16} cpu {:>6.1} us/call  p99 {:>6.2} ms{}{ratio}",
@@ -687,6 +698,67 @@ fn mint(key: &SigningKey, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Verifies one token with the server's published key, in this process: the
+/// "one signature verification" of a new token's CPU budget.
+struct Verifier {
+    token: String,
+    key: tessera_token::VerifyingKey,
+    rules: tessera_token::VerifyRules,
+}
+
+impl Verifier {
+    async fn new(server: &Server, token: String) -> Self {
+        let jwks = server
+            .client()
+            .await
+            .get_jwks(GetJwksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .jwks_json;
+        let set: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+        let key = tessera_token::VerifyingKey::from_jwk_json(&set["keys"][0].to_string()).unwrap();
+        let rules = tessera_token::VerifyRules {
+            issuer: "tessera".into(),
+            audience: None,
+            leeway: Duration::from_secs(5),
+            max_lifetime: Duration::from_secs(86_400),
+        };
+        Self { token, key, rules }
+    }
+
+    /// CPU microseconds one parse-and-verify takes, over half a second of
+    /// them on this thread (its own CPU time, so time other processes take
+    /// from it is not counted).
+    fn cpu_us(&self) -> f64 {
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap();
+        let (started, cpu_started) = (Instant::now(), thread_cpu_ns());
+        let mut n = 0u32;
+        while started.elapsed() < Duration::from_millis(500) {
+            for _ in 0..100 {
+                tessera_token::parse(&self.token)
+                    .unwrap()
+                    .verify(&self.key, &self.rules, now)
+                    .unwrap();
+            }
+            n += 100;
+        }
+        (thread_cpu_ns() - cpu_started) as f64 / 1e3 / f64::from(n)
+    }
+}
+
+/// Nanoseconds this thread has been on a CPU (the scheduler's own count).
+fn thread_cpu_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    stat.split_whitespace().next().unwrap().parse().unwrap()
+}
+
 // ---------------------------------------------------------------- sections
 
 async fn section_introspect(plan: &Plan) {
@@ -717,6 +789,10 @@ async fn section_introspect(plan: &Plan) {
             Box::pin(introspect_active(channel, request))
         })
     };
+    // One ES256 verification in this process, for the CPU budget: measured
+    // before each round, in this thread's CPU time as the server's is.
+    let verifier = Verifier::new(&server, fresh[0].clone()).await;
+    let mut verify_us = Vec::new();
     let series = interleave(
         plan,
         &channels,
@@ -727,43 +803,9 @@ async fn section_introspect(plan: &Plan) {
             ("new", introspect_new),
             ("issue", issue_client(server.secret.clone())),
         ],
+        &mut || verify_us.push(verifier.cpu_us()),
     )
     .await;
-    // One ES256 verification, in this process, for the CPU budget.
-    let verify_us = {
-        let token = &fresh[0];
-        let jwks = server
-            .client()
-            .await
-            .get_jwks(GetJwksRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .jwks_json;
-        let set: serde_json::Value = serde_json::from_str(&jwks).unwrap();
-        let key = tessera_token::VerifyingKey::from_jwk_json(&set["keys"][0].to_string()).unwrap();
-        let rules = tessera_token::VerifyRules {
-            issuer: "tessera".into(),
-            audience: None,
-            leeway: Duration::from_secs(5),
-            max_lifetime: Duration::from_secs(86_400),
-        };
-        let now = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs(),
-        )
-        .unwrap();
-        let started = Instant::now();
-        for _ in 0..2000 {
-            tessera_token::parse(token)
-                .unwrap()
-                .verify(&key, &rules, now)
-                .unwrap();
-        }
-        started.elapsed().as_secs_f64() * 1e6 / 2000.0
-    };
     let [health, cycled, new, issue] = <[Series; 4]>::try_from(series).ok().unwrap();
     line("grpc.health.v1.Health/Check (baseline)", &health, None);
     line(
@@ -776,12 +818,18 @@ async fn section_introspect(plan: &Plan) {
         &new,
         Some(("health", &health)),
     );
-    let budget = median(&health.cpu) + verify_us;
+    // Within each round: the new token's CPU against that round's budget.
+    let ratios: Vec<f64> = (new.cpu.iter().zip(&health.cpu).zip(&verify_us))
+        .map(|((new, health), verify)| new / (verify + health))
+        .collect();
+    let (lo, hi) = bounds(&ratios);
     println!(
-        "  {:<44} server cpu {:.1} us/call = {:.2}x (one verification {verify_us:.1} us + one health check {:.1} us)",
+        "  {:<44} server cpu {:.1} us/call = {:.2}x [{lo:.2}..{hi:.2}] (one verification {:.1} us {} + one health check {:.1} us)",
         "  every token new, cpu per call",
         median(&new.cpu),
-        median(&new.cpu) / budget,
+        median(&ratios),
+        median(&verify_us),
+        Series::spread_us(&verify_us),
         median(&health.cpu),
     );
     line(
@@ -849,6 +897,7 @@ async fn section_writes(plan: &Plan, postgres: Option<&str>) {
         &channels,
         server.pid(),
         &[("refresh", refresh(slots)), ("revoke", revoke(victims))],
+        &mut || {},
     )
     .await;
     line("Refresh, SQLite", &series[0], None);
