@@ -616,6 +616,17 @@ fn issue_client(secret: String) -> Call {
     })
 }
 
+fn get_jwks() -> Call {
+    Arc::new(|channel, _, _| {
+        Box::pin(async move {
+            TokenServiceClient::new(channel)
+                .get_jwks(GetJwksRequest {})
+                .await
+                .is_ok_and(|r| r.get_ref().jwks_json.contains("\"keys\""))
+        })
+    })
+}
+
 fn issue_password() -> Call {
     Arc::new(|channel, _, _| {
         Box::pin(async move {
@@ -802,11 +813,12 @@ async fn section_introspect(plan: &Plan) {
             ("cycled", introspect_cycled(&bearer, Arc::new(cycled))),
             ("new", introspect_new),
             ("issue", issue_client(server.secret.clone())),
+            ("jwks", get_jwks()),
         ],
         &mut || verify_us.push(verifier.cpu_us()),
     )
     .await;
-    let [health, cycled, new, issue] = <[Series; 4]>::try_from(series).ok().unwrap();
+    let [health, cycled, new, issue, jwks] = <[Series; 5]>::try_from(series).ok().unwrap();
     line("grpc.health.v1.Health/Check (baseline)", &health, None);
     line(
         "Introspect, 1,000 tokens cycled",
@@ -837,6 +849,7 @@ async fn section_introspect(plan: &Plan) {
         &issue,
         Some(("health", &health)),
     );
+    line("GetJwks", &jwks, Some(("health", &health)));
     println!("  server RSS after: {:.0} MiB", rss_mib(server.pid()));
 }
 
