@@ -36,18 +36,41 @@ struct ByEstimatedSize;
 
 impl Weighter<TokenDigest, Verified> for ByEstimatedSize {
     fn weight(&self, _: &TokenDigest, v: &Verified) -> u64 {
-        let c = &v.claims;
-        let strings = c.iss.len()
-            + c.sub.len()
-            + c.aud.iter().map(|a| a.len() + 24).sum::<usize>()
-            + c.jti.len()
-            + c.client_id.len()
-            + c.scope.len()
-            + c.sid.len()
-            + c.cnf.as_ref().map_or(0, |cnf| cnf.x5t_s256.len());
-        // The strings, their headers and the entry's own bookkeeping.
-        (strings + 256) as u64
+        estimated_bytes(&v.claims)
     }
+}
+
+/// The allocator's own bytes on each heap allocation (glibc: 16).
+const PER_ALLOCATION: usize = 16;
+
+/// An entry's fixed part: the claims, their `Arc`, the digest and the
+/// cache's slot for it.
+const PER_ENTRY: usize = size_of::<AccessClaims>()
+    + 2 * size_of::<usize>()
+    + PER_ALLOCATION
+    + size_of::<TokenDigest>()
+    + size_of::<Verified>()
+    + 32;
+
+/// What an entry holding `c` takes: its fixed part and every string the
+/// claims carry, each a heap allocation of its own.
+fn estimated_bytes(c: &AccessClaims) -> u64 {
+    let strings = [&c.iss, &c.sub, &c.jti, &c.client_id, &c.scope, &c.sid]
+        .into_iter()
+        .map(String::len)
+        .chain(c.cnf.iter().map(|cnf| cnf.x5t_s256.len()))
+        .map(|len| len + PER_ALLOCATION)
+        .sum::<usize>();
+    (PER_ENTRY + strings + listed(c.aud.iter()) + listed(c.roles.iter().map(String::as_str))) as u64
+}
+
+/// The bytes of a list of strings: the list's allocation, and each string's
+/// header and allocation.
+fn listed<'a>(items: impl Iterator<Item = &'a str>) -> usize {
+    PER_ALLOCATION
+        + items
+            .map(|s| size_of::<String>() + s.len() + PER_ALLOCATION)
+            .sum::<usize>()
 }
 
 /// The cache of verified tokens: sharded (no global lock), bounded by
@@ -88,5 +111,34 @@ impl VerifiedTokens {
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.0.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_string_a_token_carries_counts_toward_the_bound() {
+        let claims = |roles: Vec<String>, scope: String| AccessClaims {
+            iss: "tessera".into(),
+            sub: "u".into(),
+            aud: tessera_token::Audience::One("api".into()),
+            exp: 2,
+            iat: 1,
+            nbf: 1,
+            jti: "j".into(),
+            client_id: "c".into(),
+            scope,
+            sid: "s".into(),
+            cnf: None,
+            roles,
+        };
+        let plain = estimated_bytes(&claims(Vec::new(), "read".into()));
+        let roles: Vec<String> = (0..50).map(|i| format!("role-{i:035}")).collect();
+        let carried: u64 = roles.iter().map(|r| r.len() as u64).sum();
+        assert!(estimated_bytes(&claims(roles, "read".into())) >= plain + carried);
+        let scope = "s".repeat(2000);
+        assert!(estimated_bytes(&claims(Vec::new(), scope)) >= plain + 2000 - 4);
     }
 }
