@@ -170,7 +170,14 @@ impl KeyRing {
                 None => loaded.push(Arc::new(self.open(key)?)),
             }
         }
-        *self.keys.write() = Arc::new(loaded);
+        let loaded = Arc::new(loaded);
+        *self.keys.write() = Arc::clone(&loaded);
+        // Tokens past their expiry, or whose key is gone, would only be
+        // judged afresh (and refused) if they came again: they go now
+        // rather than when the cache is full.
+        self.verified.retain(|v| {
+            v.claims.exp >= now.as_secs() && loaded.iter().any(|k| Arc::ptr_eq(k, &v.key))
+        });
         Ok(())
     }
 
@@ -366,39 +373,54 @@ mod tests {
         assert_eq!(at(160), [KeyState::Expired, KeyState::Signing]);
     }
 
-    #[tokio::test]
-    async fn a_remembered_token_is_checked_for_time_and_audience_on_every_use_and_only_while_its_key_is_published()
-     {
+    /// A ring on a fresh SQLite store, loaded at `t0` with one ES256 key.
+    async fn ring_at(t0: UnixTime) -> (tempfile::TempDir, Arc<dyn Store>, KeyRing) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let store = crate::store::connect(&url, 1, true).await.unwrap();
         let kek = Kek::from_base64(&Kek::generate_base64()).unwrap();
-        let retention = Duration::from_secs(600);
-        let t0 = UnixTime::from_secs(1_000_000);
-        let ring = KeyRing::load(store.as_ref(), kek, Algorithm::Es256, retention, t0)
+        let ring = KeyRing::load(store.as_ref(), kek, Algorithm::Es256, RETENTION, t0)
             .await
             .unwrap();
-        let claims = AccessClaims {
+        (dir, store, ring)
+    }
+
+    const RETENTION: Duration = Duration::from_secs(600);
+
+    fn claims(jti: &str, t0: UnixTime, lifetime: i64) -> AccessClaims {
+        AccessClaims {
             iss: "tessera".into(),
             sub: "u".into(),
             aud: tessera_token::Audience::One("api".into()),
-            exp: t0.as_secs() + 300,
+            exp: t0.as_secs() + lifetime,
             iat: t0.as_secs(),
             nbf: t0.as_secs(),
-            jti: "j".into(),
+            jti: jti.into(),
             client_id: "c".into(),
             scope: "read".into(),
             sid: "s".into(),
             cnf: None,
             roles: Vec::new(),
-        };
-        let token = ring.sign(&claims, t0).unwrap();
-        let rules = VerifyRules {
+        }
+    }
+
+    fn rules() -> VerifyRules {
+        VerifyRules {
             issuer: "tessera".into(),
             audience: None,
             leeway: Duration::from_secs(5),
             max_lifetime: Duration::from_secs(600),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_is_checked_for_time_and_audience_on_every_use_and_only_while_its_key_is_published()
+     {
+        let t0 = UnixTime::from_secs(1_000_000);
+        let (_dir, store, ring) = ring_at(t0).await;
+        let claims = claims("j", t0, 300);
+        let token = ring.sign(&claims, t0).unwrap();
+        let rules = rules();
         assert_eq!(*ring.verify(&token, &rules, t0).unwrap(), claims);
         assert_eq!(ring.verified.len(), 1);
         assert_eq!(*ring.verify(&token, &rules, t0).unwrap(), claims);
@@ -427,20 +449,46 @@ mod tests {
         let forged = String::from_utf8(forged).unwrap();
         assert!(ring.verify(&forged, &rules, t0).is_err());
 
-        // Once its key is dropped, a remembered token no longer verifies.
+        // Once its key is dropped, a remembered token no longer verifies,
+        // and the next reload forgets it.
         let at = t0.plus(Duration::from_secs(1));
         add_key(store.as_ref(), ring.kek(), Algorithm::Es256, at, at)
             .await
             .unwrap();
         ring.reload(
             store.as_ref(),
-            at.plus(retention).plus(Duration::from_secs(2)),
+            at.plus(RETENTION).plus(Duration::from_secs(2)),
         )
         .await
         .unwrap();
+        assert_eq!(ring.verified.len(), 0, "its key was dropped");
         assert_eq!(
             ring.verify(&token, &rules, t0).unwrap_err(),
             Rejected::UnknownKey
         );
+    }
+
+    #[tokio::test]
+    async fn a_key_reload_forgets_the_remembered_tokens_that_have_expired() {
+        let t0 = UnixTime::from_secs(1_000_000);
+        let (_dir, store, ring) = ring_at(t0).await;
+        let rules = rules();
+        let token = |jti: &str, lifetime: i64| ring.sign(&claims(jti, t0, lifetime), t0).unwrap();
+        let (short, long) = (token("short", 60), token("long", 300));
+        ring.verify(&short, &rules, t0).unwrap();
+        ring.verify(&long, &rules, t0).unwrap();
+        assert_eq!(ring.verified.len(), 2);
+
+        ring.reload(store.as_ref(), t0.plus(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert_eq!(ring.verified.len(), 2, "both are live at 60 s");
+        ring.reload(store.as_ref(), t0.plus(Duration::from_secs(61)))
+            .await
+            .unwrap();
+        assert_eq!(ring.verified.len(), 1, "only the long-lived one is left");
+        ring.verify(&long, &rules, t0.plus(Duration::from_secs(61)))
+            .unwrap();
+        assert_eq!(ring.verified.len(), 1, "and it is still remembered");
     }
 }

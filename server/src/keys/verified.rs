@@ -3,7 +3,8 @@
 //! the rest of an Introspect call; only what cannot change is remembered
 //! (the token's form, signature and claims, and which key signed it).
 //! Issuer, audience and time are checked again on every use, and
-//! revocation is never the cache's business.
+//! revocation is never the cache's business. Expired tokens, and those
+//! whose key is no longer published, are swept out at each key re-read.
 
 use std::sync::Arc;
 
@@ -106,6 +107,21 @@ impl VerifiedTokens {
 
     pub(super) fn remove(&self, digest: &TokenDigest) {
         self.0.remove(digest);
+    }
+
+    /// Keeps only the entries `keep` accepts, one shard locked at a time;
+    /// the claims of the others are freed once no shard is locked, so a
+    /// large sweep does not hold up lookups.
+    pub(super) fn retain(&self, keep: impl Fn(&Verified) -> bool) {
+        let gone = std::cell::RefCell::new(Vec::new());
+        self.0.retain(|_, v| {
+            let kept = keep(v);
+            if !kept {
+                gone.borrow_mut().push(Arc::clone(&v.claims));
+            }
+            kept
+        });
+        drop(gone);
     }
 
     #[cfg(test)]
