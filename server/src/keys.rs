@@ -172,9 +172,9 @@ impl KeyRing {
         }
         let loaded = Arc::new(loaded);
         *self.keys.write() = Arc::clone(&loaded);
-        // Tokens past their expiry, or whose key is gone, would only be
-        // judged afresh (and refused) if they came again: they go now
-        // rather than when the cache is full.
+        // Tokens past their expiry, or whose key is gone, go now rather
+        // than when the cache is full (one still within the verification
+        // leeway that comes again is verified afresh).
         self.verified.retain(|v| {
             v.claims.exp >= now.as_secs() && loaded.iter().any(|k| Arc::ptr_eq(k, &v.key))
         });

@@ -495,14 +495,9 @@ impl Series {
     fn rps(&self) -> f64 {
         median(&self.rps)
     }
-    fn spread(v: &[f64]) -> String {
+    fn spread(v: &[f64], decimals: usize) -> String {
         let (lo, hi) = bounds(v);
-        format!("[{lo:.0}..{hi:.0}]")
-    }
-
-    fn spread_us(v: &[f64]) -> String {
-        let (lo, hi) = bounds(v);
-        format!("[{lo:.1}..{hi:.1}]")
+        format!("[{lo:.decimals$}..{hi:.decimals$}]")
     }
 }
 
@@ -569,7 +564,7 @@ fn line(name: &str, s: &Series, baseline: Option<(&str, &Series)>) {
     println!(
         "  {name:<44} {:>8.0} rps {:<16} cpu {:>6.1} us/call  p99 {:>6.2} ms{}{ratio}",
         s.rps(),
-        Series::spread(&s.rps),
+        Series::spread(&s.rps, 0),
         median(&s.cpu),
         median(&s.p99),
         if s.errors > 0 {
@@ -841,7 +836,7 @@ async fn section_introspect(plan: &Plan) {
         median(&new.cpu),
         median(&ratios),
         median(&verify_us),
-        Series::spread_us(&verify_us),
+        Series::spread(&verify_us, 1),
         median(&health.cpu),
     );
     line(
