@@ -674,15 +674,20 @@ fn refresh(slots: Arc<Vec<Mutex<String>>>) -> Call {
     })
 }
 
-/// Tokens signed with the server's own key, never seen by it.
-fn mint(key: &SigningKey, n: usize) -> Vec<String> {
-    let now = i64::try_from(
+/// Seconds since the Unix epoch, by this machine's clock.
+fn unix_now() -> i64 {
+    i64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// Tokens signed with the server's own key, never seen by it.
+fn mint(key: &SigningKey, n: usize) -> Vec<String> {
+    let now = unix_now();
     (0..n)
         .map(|i| {
             key.sign(&AccessClaims {
@@ -737,13 +742,7 @@ impl Verifier {
     /// them on this thread (its own CPU time, so time other processes take
     /// from it is not counted).
     fn cpu_us(&self) -> f64 {
-        let now = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs(),
-        )
-        .unwrap();
+        let now = unix_now();
         let (started, cpu_started) = (Instant::now(), thread_cpu_ns());
         let mut n = 0u32;
         while started.elapsed() < Duration::from_millis(500) {
