@@ -1,6 +1,11 @@
 //! The payload of a Tessera access token (RFC 9068 §2.2).
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{self, SeqAccess, Visitor},
+};
 
 /// The claims of a Tessera access token. Every field is required when
 /// verifying: a token missing one, or carrying one with another type, is
@@ -81,13 +86,46 @@ pub fn split_scopes(joined: &str) -> impl Iterator<Item = &str> {
 }
 
 /// The `aud` claim: one string or a list of strings (RFC 7519 §4.1.3).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum Audience {
     /// A single audience, as Tessera writes it.
     One(String),
     /// A list of audiences.
     Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Audience {
+    /// Read in one pass (an untagged derive would buffer the value first).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(AudienceVisitor)
+    }
+}
+
+struct AudienceVisitor;
+
+impl<'de> Visitor<'de> for AudienceVisitor {
+    type Value = Audience;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or a list of strings")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Audience, E> {
+        Ok(Audience::One(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Audience, E> {
+        Ok(Audience::One(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Audience, A::Error> {
+        let mut many = Vec::new();
+        while let Some(one) = seq.next_element()? {
+            many.push(one);
+        }
+        Ok(Audience::Many(many))
+    }
 }
 
 impl Audience {
@@ -152,5 +190,7 @@ mod tests {
         assert!(one.contains("api") && !one.contains("billing"));
         assert!(many.contains("billing"));
         assert!(serde_json::from_str::<Audience>("42").is_err());
+        assert!(serde_json::from_str::<Audience>(r#"["api",42]"#).is_err());
+        assert!(serde_json::from_str::<Audience>(r#"{"api":1}"#).is_err());
     }
 }

@@ -222,7 +222,10 @@ impl VerifyingKey {
         self.alg
     }
 
-    pub(crate) fn verifies(&self, message: &[u8], signature: &str) -> bool {
+    /// Whether `signature` (base64url, as a JWS carries it) is this key's
+    /// signature over `message`. The signature alone: a token is verified
+    /// with [`crate::parse`] and [`crate::UnverifiedToken::verify`].
+    pub fn verifies(&self, message: &[u8], signature: &str) -> bool {
         match &self.checker {
             Checker::Parsed(key) => {
                 // ES256 and Ed25519 signatures are 64 bytes (86 characters).

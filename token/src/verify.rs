@@ -5,10 +5,12 @@
 
 use std::time::Duration;
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use serde_json::{Map, Value};
+use std::{borrow::Cow, fmt};
 
-use crate::{ACCESS_TOKEN_TYPE, AccessClaims, MAX_TOKEN_BYTES, VerifyingKey};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use crate::{ACCESS_TOKEN_TYPE, AccessClaims, Algorithm, MAX_TOKEN_BYTES, VerifyingKey};
 
 /// What a verified token must also satisfy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,12 +82,13 @@ pub struct UnverifiedToken<'a> {
     payload: &'a str,
     signature: &'a str,
     kid: String,
-    alg: String,
+    alg: Algorithm,
 }
 
 /// Checks a token's size, form and header (RFC 8725 §3.1, §3.11): three
 /// base64url segments, a JSON object header with `typ: at+jwt`, a `kid`
-/// and an `alg`, and none of `crit`, `jwk`, `jku`, `x5u`, `x5c`, `zip`.
+/// and an `alg` Tessera signs with, and none of `crit`, `jwk`, `jku`,
+/// `x5u`, `x5c`, `zip`.
 pub fn parse(token: &str) -> Result<UnverifiedToken<'_>, Rejected> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(Rejected::TooLarge);
@@ -95,38 +98,202 @@ pub fn parse(token: &str) -> Result<UnverifiedToken<'_>, Rejected> {
     if signature.is_empty() || payload.contains('.') {
         return Err(Rejected::Malformed);
     }
-    let header = URL_SAFE_NO_PAD
-        .decode(header)
-        .map_err(|_| Rejected::Malformed)?;
-    let header: Map<String, Value> =
-        serde_json::from_slice(&header).map_err(|_| Rejected::Malformed)?;
+    let header = decode(header)?;
+    let header = Header::read(&header)?;
 
-    let typ = header.get("typ").and_then(Value::as_str);
-    let typ_ok = typ.is_some_and(|t| {
-        t.eq_ignore_ascii_case(ACCESS_TOKEN_TYPE)
-            || t.eq_ignore_ascii_case(&format!("application/{ACCESS_TOKEN_TYPE}"))
-    });
+    let typ_ok = header.typ.as_deref().is_some_and(is_access_token_type);
     if !typ_ok {
         return Err(Rejected::WrongType);
     }
-    if FORBIDDEN_HEADERS.iter().any(|h| header.contains_key(*h)) {
+    if header.forbidden {
         return Err(Rejected::ForbiddenHeader);
     }
-    let kid = header
-        .get("kid")
-        .and_then(Value::as_str)
-        .ok_or(Rejected::UnknownKey)?;
+    let kid = header.kid.ok_or(Rejected::UnknownKey)?;
     let alg = header
-        .get("alg")
-        .and_then(Value::as_str)
+        .alg
+        .and_then(|alg| alg.parse().ok())
         .ok_or(Rejected::WrongAlgorithm)?;
     Ok(UnverifiedToken {
         signing_input,
         payload,
         signature,
-        kid: kid.to_owned(),
-        alg: alg.to_owned(),
+        kid: kid.into_owned(),
+        alg,
     })
+}
+
+/// `at+jwt`, or `application/at+jwt` (RFC 7515 §4.1.9), in any case.
+fn is_access_token_type(typ: &str) -> bool {
+    const APPLICATION: &[u8] = b"application/";
+    let typ = typ.as_bytes();
+    let bare = match typ.len().checked_sub(ACCESS_TOKEN_TYPE.len()) {
+        Some(0) => typ,
+        Some(n) if typ[..n].eq_ignore_ascii_case(APPLICATION) => &typ[n..],
+        _ => return false,
+    };
+    bare.eq_ignore_ascii_case(ACCESS_TOKEN_TYPE.as_bytes())
+}
+
+/// One base64url segment, decoded.
+fn decode(segment: &str) -> Result<Vec<u8>, Rejected> {
+    // `decode_vec` into a sized buffer: no zeroing, and one allocation.
+    let mut out = Vec::with_capacity(segment.len() / 4 * 3 + 3);
+    URL_SAFE_NO_PAD
+        .decode_vec(segment, &mut out)
+        .map_err(|_| Rejected::Malformed)?;
+    Ok(out)
+}
+
+/// What a verifier reads of a JOSE header, borrowed from it where no JSON
+/// escape forces a copy. Read in one pass, without building the header as a
+/// map: parameters other than these are skipped, only noted when forbidden.
+#[derive(Debug, Default)]
+struct Header<'h> {
+    /// `typ`, when it is a string.
+    typ: Option<Cow<'h, str>>,
+    /// `kid`, when it is a string.
+    kid: Option<Cow<'h, str>>,
+    /// `alg`, when it is a string.
+    alg: Option<Cow<'h, str>>,
+    /// Whether any of [`FORBIDDEN_HEADERS`] is present (whatever its value).
+    forbidden: bool,
+}
+
+impl<'h> Header<'h> {
+    /// A header that is not a JSON object, or names a parameter twice, is
+    /// malformed.
+    fn read(json: &'h [u8]) -> Result<Self, Rejected> {
+        serde_json::from_slice(json).map_err(|_| Rejected::Malformed)
+    }
+}
+
+impl<'de> Deserialize<'de> for Header<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(HeaderVisitor)
+    }
+}
+
+struct HeaderVisitor;
+
+impl<'de> Visitor<'de> for HeaderVisitor {
+    type Value = Header<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JOSE header object")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Header<'de>, M::Error> {
+        let mut header = Header::default();
+        // Which of typ, kid and alg were named: each may be named once
+        // (RFC 7515 §4).
+        let mut named = [false; 3];
+        while let Some(Text(name)) = map.next_key()? {
+            let (slot, i) = match name.as_ref() {
+                "typ" => (&mut header.typ, 0),
+                "kid" => (&mut header.kid, 1),
+                "alg" => (&mut header.alg, 2),
+                other => {
+                    header.forbidden |= FORBIDDEN_HEADERS.contains(&other);
+                    map.next_value::<de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if std::mem::replace(&mut named[i], true) {
+                return Err(de::Error::custom("a header parameter is named twice"));
+            }
+            *slot = map.next_value::<MaybeText<'de>>()?.0;
+        }
+        Ok(header)
+    }
+}
+
+/// A JSON string, borrowed unless it had escapes.
+struct Text<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(TextVisitor).map(Text)
+    }
+}
+
+/// Any JSON value: a string kept (as [`Text`]), anything else skipped.
+struct MaybeText<'de>(Option<Cow<'de, str>>);
+
+impl<'de> Deserialize<'de> for MaybeText<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(MaybeTextVisitor)
+            .map(MaybeText)
+    }
+}
+
+struct TextVisitor;
+
+impl<'de> Visitor<'de> for TextVisitor {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+}
+
+struct MaybeTextVisitor;
+
+impl<'de> Visitor<'de> for MaybeTextVisitor {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        TextVisitor.visit_borrowed_str(v).map(Some)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        TextVisitor.visit_str(v).map(Some)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+        while map
+            .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(None)
+    }
 }
 
 impl UnverifiedToken<'_> {
@@ -147,15 +314,13 @@ impl UnverifiedToken<'_> {
         if key.kid() != self.kid {
             return Err(Rejected::UnknownKey);
         }
-        if key.algorithm().as_str() != self.alg {
+        if key.algorithm() != self.alg {
             return Err(Rejected::WrongAlgorithm);
         }
         if !key.verifies(self.signing_input.as_bytes(), self.signature) {
             return Err(Rejected::BadSignature);
         }
-        let payload = URL_SAFE_NO_PAD
-            .decode(self.payload)
-            .map_err(|_| Rejected::Malformed)?;
+        let payload = decode(self.payload)?;
         let claims: AccessClaims =
             serde_json::from_slice(&payload).map_err(|_| Rejected::InvalidClaims)?;
         rules.check(&claims, now)?;
@@ -269,6 +434,77 @@ mod tests {
             ..rules()
         };
         assert_eq!(check_claims(&c, &any_audience, 1300), Ok(()));
+    }
+
+    /// `parse` of a token with this header (the payload and signature are
+    /// not looked at until a key is).
+    fn parse_header(json: &str) -> Result<(String, Algorithm), Rejected> {
+        let token = format!("{}.e30.c2ln", URL_SAFE_NO_PAD.encode(json));
+        parse(&token).map(|t| (t.kid, t.alg))
+    }
+
+    #[test]
+    fn the_header_is_read_as_rfc_7515_asks() {
+        let good = Ok(("k1".to_owned(), Algorithm::Es256));
+        assert_eq!(
+            parse_header(r#"{"typ":"at+jwt","kid":"k1","alg":"ES256"}"#),
+            good
+        );
+        // Media type prefix and case; escapes in names and values; other
+        // parameters skipped whatever their value.
+        assert_eq!(
+            parse_header(
+                r#"{"cty":{"a":[1]},"t\u0079p":"Application/AT+JWT","kid":"k\u0031","alg":"ES256","x":null}"#
+            ),
+            good
+        );
+        for (header, why) in [
+            (
+                r#"{"typ":"jwt","kid":"k1","alg":"ES256"}"#,
+                Rejected::WrongType,
+            ),
+            (
+                r#"{"typ":["at+jwt"],"kid":"k1","alg":"ES256"}"#,
+                Rejected::WrongType,
+            ),
+            (
+                r#"{"typ":"applicatio\u00e9at+jwt","kid":"k1","alg":"ES256"}"#,
+                Rejected::WrongType,
+            ),
+            (r#"{"kid":"k1","alg":"ES256"}"#, Rejected::WrongType),
+            (
+                r#"{"typ":"at+jwt","kid":"k1","alg":"ES256","crit":null}"#,
+                Rejected::ForbiddenHeader,
+            ),
+            (
+                r#"{"typ":"at+jwt","kid":"k1","alg":"ES256","j\u006bu":"https://x"}"#,
+                Rejected::ForbiddenHeader,
+            ),
+            (
+                r#"{"typ":"at+jwt","kid":7,"alg":"ES256"}"#,
+                Rejected::UnknownKey,
+            ),
+            (
+                r#"{"typ":"at+jwt","kid":"k1","alg":"none"}"#,
+                Rejected::WrongAlgorithm,
+            ),
+            (
+                r#"{"typ":"at+jwt","kid":"k1","alg":"es256"}"#,
+                Rejected::WrongAlgorithm,
+            ),
+            (r#"{"typ":"at+jwt","kid":"k1"}"#, Rejected::WrongAlgorithm),
+            (
+                r#"{"typ":"at+jwt","kid":"k1","kid":"k2","alg":"ES256"}"#,
+                Rejected::Malformed,
+            ),
+            (
+                r#"{"typ":"at+jwt","kid":"k1","alg":"ES256"} x"#,
+                Rejected::Malformed,
+            ),
+            (r#"["typ","at+jwt"]"#, Rejected::Malformed),
+        ] {
+            assert_eq!(parse_header(header), Err(why), "{header}");
+        }
     }
 
     #[test]
