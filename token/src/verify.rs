@@ -3,12 +3,10 @@
 //! [`UnverifiedToken::verify`] then checks the signature with that key, and
 //! the claims against [`VerifyRules`] and the caller's clock.
 
-use std::time::Duration;
-
-use std::{borrow::Cow, fmt};
+use std::{borrow::Cow, fmt, time::Duration};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
 use crate::{ACCESS_TOKEN_TYPE, AccessClaims, Algorithm, MAX_TOKEN_BYTES, VerifyingKey};
 
@@ -117,7 +115,7 @@ pub fn parse(token: &str) -> Result<UnverifiedToken<'_>, Rejected> {
         signing_input,
         payload,
         signature,
-        kid: kid.into_owned(),
+        kid,
         alg,
     })
 }
@@ -144,30 +142,30 @@ fn decode(segment: &str) -> Result<Vec<u8>, Rejected> {
     Ok(out)
 }
 
-/// What a verifier reads of a JOSE header, borrowed from it where no JSON
-/// escape forces a copy. Read in one pass, without building the header as a
-/// map: parameters other than these are skipped, only noted when forbidden.
+/// What a verifier reads of a JOSE header. Read in one pass, without
+/// building the header as a map: parameters other than these are skipped,
+/// only noted when forbidden.
 #[derive(Debug, Default)]
-struct Header<'h> {
+struct Header {
     /// `typ`, when it is a string.
-    typ: Option<Cow<'h, str>>,
+    typ: Option<String>,
     /// `kid`, when it is a string.
-    kid: Option<Cow<'h, str>>,
+    kid: Option<String>,
     /// `alg`, when it is a string.
-    alg: Option<Cow<'h, str>>,
+    alg: Option<String>,
     /// Whether any of [`FORBIDDEN_HEADERS`] is present (whatever its value).
     forbidden: bool,
 }
 
-impl<'h> Header<'h> {
+impl Header {
     /// A header that is not a JSON object, or names a parameter twice, is
     /// malformed.
-    fn read(json: &'h [u8]) -> Result<Self, Rejected> {
+    fn read(json: &[u8]) -> Result<Self, Rejected> {
         serde_json::from_slice(json).map_err(|_| Rejected::Malformed)
     }
 }
 
-impl<'de> Deserialize<'de> for Header<'de> {
+impl<'de> Deserialize<'de> for Header {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_map(HeaderVisitor)
     }
@@ -176,13 +174,13 @@ impl<'de> Deserialize<'de> for Header<'de> {
 struct HeaderVisitor;
 
 impl<'de> Visitor<'de> for HeaderVisitor {
-    type Value = Header<'de>;
+    type Value = Header;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JOSE header object")
     }
 
-    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Header<'de>, M::Error> {
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Header, M::Error> {
         let mut header = Header::default();
         // Which of typ, kid and alg were named: each may be named once
         // (RFC 7515 §4).
@@ -201,29 +199,23 @@ impl<'de> Visitor<'de> for HeaderVisitor {
             if std::mem::replace(&mut named[i], true) {
                 return Err(de::Error::custom("a header parameter is named twice"));
             }
-            *slot = map.next_value::<MaybeText<'de>>()?.0;
+            // A value that is not a string is kept as absent: the check
+            // that needs it says why the token is refused.
+            *slot = match map.next_value::<serde_json::Value>()? {
+                serde_json::Value::String(value) => Some(value),
+                _ => None,
+            };
         }
         Ok(header)
     }
 }
 
-/// A JSON string, borrowed unless it had escapes.
+/// A JSON string, borrowed unless it had escapes: a parameter's name.
 struct Text<'de>(Cow<'de, str>);
 
 impl<'de> Deserialize<'de> for Text<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_str(TextVisitor).map(Text)
-    }
-}
-
-/// Any JSON value: a string kept (as [`Text`]), anything else skipped.
-struct MaybeText<'de>(Option<Cow<'de, str>>);
-
-impl<'de> Deserialize<'de> for MaybeText<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer
-            .deserialize_any(MaybeTextVisitor)
-            .map(MaybeText)
     }
 }
 
@@ -242,57 +234,6 @@ impl<'de> Visitor<'de> for TextVisitor {
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
         Ok(Cow::Owned(v.to_owned()))
-    }
-}
-
-struct MaybeTextVisitor;
-
-impl<'de> Visitor<'de> for MaybeTextVisitor {
-    type Value = Option<Cow<'de, str>>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        TextVisitor.visit_borrowed_str(v).map(Some)
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        TextVisitor.visit_str(v).map(Some)
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-        Ok(None)
-    }
-
-    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-        while map
-            .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
-            .is_some()
-        {}
-        Ok(None)
     }
 }
 
