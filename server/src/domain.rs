@@ -40,7 +40,7 @@ pub(crate) use authenticate::Credentials;
 pub(crate) use error::AuthError;
 pub use hashing::HashingSettings;
 pub(crate) use hashing::{HashError, PasswordHasher};
-pub(crate) use introspect::{Introspection, TokenKind};
+pub(crate) use introspect::Introspection;
 pub(crate) use issue::IssueCommand;
 pub(crate) use mint::{Entitlement, Tokens};
 pub(crate) use settings::MAX_REFRESH_REUSE_GRACE;

@@ -9,7 +9,13 @@
 //! What a valid token is, is `tessera_token`'s business; this module only
 //! decides which keys exist and which one signs.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use parking_lot::RwLock;
 use tessera_token::{AccessClaims, Algorithm, Rejected, SigningKey, VerifyRules, VerifyingKey};
@@ -55,6 +61,9 @@ impl KeyError {
 /// A key loaded into memory, ready to sign and verify.
 #[derive(Debug)]
 struct LoadedKey {
+    /// Set when a reload drops the key: tokens it verified are then judged
+    /// afresh. Read by every cache hit without touching the ring's lock.
+    withdrawn: AtomicBool,
     activates_at: UnixTime,
     signing: SigningKey,
     verifying: VerifyingKey,
@@ -64,6 +73,10 @@ struct LoadedKey {
 impl LoadedKey {
     fn kid(&self) -> &str {
         self.signing.kid()
+    }
+
+    fn is_published(&self) -> bool {
+        !self.withdrawn.load(Ordering::Acquire)
     }
 }
 
@@ -172,6 +185,12 @@ impl KeyRing {
         }
         let loaded = Arc::new(loaded);
         *self.keys.write() = Arc::clone(&loaded);
+        for gone in current
+            .iter()
+            .filter(|k| !loaded.iter().any(|l| Arc::ptr_eq(k, l)))
+        {
+            gone.withdrawn.store(true, Ordering::Release);
+        }
         // Tokens past their expiry, or whose key is gone, go now rather
         // than when the cache is full (one still within the verification
         // leeway that comes again is verified afresh).
@@ -187,6 +206,7 @@ impl KeyRing {
         let alg: Algorithm = key.alg.parse().map_err(|e| material(&e))?;
         let pkcs8 = self.kek.open(&key.encrypted_private_key, &key.kid)?;
         Ok(LoadedKey {
+            withdrawn: AtomicBool::new(false),
             activates_at: key.activates_at,
             signing: SigningKey::from_pkcs8(&key.kid, alg, &pkcs8).map_err(|e| material(&e))?,
             verifying: VerifyingKey::from_jwk_json(&key.public_jwk).map_err(|e| material(&e))?,
@@ -247,20 +267,19 @@ impl KeyRing {
         if token.len() > tessera_token::MAX_TOKEN_BYTES {
             return Err(Rejected::TooLarge);
         }
-        let keys = self.snapshot();
-        let digest = verified::VerifiedTokens::digest(token);
-        if let Some(hit) = self.verified.get(&digest) {
-            if keys.iter().any(|k| Arc::ptr_eq(k, &hit.key)) {
+        if let Some(hit) = self.verified.get(token) {
+            if hit.key.is_published() {
                 rules.check(&hit.claims, now.as_secs()).inspect_err(|e| {
                     if *e == Rejected::Expired {
-                        self.verified.remove(&digest);
+                        self.verified.remove(token);
                     }
                 })?;
                 return Ok(hit.claims);
             }
             // Its key was dropped: the token is judged afresh (and fails).
-            self.verified.remove(&digest);
+            self.verified.remove(token);
         }
+        let keys = self.snapshot();
         let parsed = tessera_token::parse(token)?;
         let key = keys
             .iter()
@@ -268,7 +287,7 @@ impl KeyRing {
             .ok_or(Rejected::UnknownKey)?;
         let claims = Arc::new(parsed.verify(&key.verifying, rules, now.as_secs())?);
         self.verified.insert(
-            digest,
+            token,
             verified::Verified {
                 key: Arc::clone(key),
                 claims: Arc::clone(&claims),

@@ -16,7 +16,7 @@
 //! is about one in 10^13 per lookup with a million entries.
 
 use std::{
-    collections::{BTreeMap, HashMap, hash_map::RandomState},
+    collections::{BTreeMap, HashMap},
     hash::{BuildHasher, BuildHasherDefault, Hasher},
     sync::atomic::{AtomicI64, Ordering},
     time::Duration,
@@ -68,10 +68,12 @@ struct Denial {
 type Shard = HashMap<u64, Denial, BuildHasherDefault<Prehashed>>;
 
 /// The revoked set: keyed hashes of (kind, value) in sharded maps, and an
-/// index of keys by expiry second.
+/// index of keys by expiry second. The hash is foldhash's, seeded at random
+/// per process: three lookups on every Introspect of an access token (its
+/// `jti`, `sid` and `sub`), twice a call with the caller's own token.
 #[derive(Debug)]
 struct Denied {
-    hasher: RandomState,
+    hasher: foldhash::quality::RandomState,
     shards: Box<[RwLock<Shard>]>,
     by_expiry: Mutex<BTreeMap<i64, Vec<u64>>>,
 }
@@ -79,7 +81,7 @@ struct Denied {
 impl Denied {
     fn new() -> Self {
         Self {
-            hasher: RandomState::new(),
+            hasher: foldhash::quality::RandomState::default(),
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             by_expiry: Mutex::default(),
         }

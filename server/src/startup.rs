@@ -4,7 +4,6 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
-use tessera::pb::token_service_server::TokenServiceServer;
 use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -13,7 +12,7 @@ use crate::{
     config::Settings,
     domain::{Admin, Authority, HashError, PasswordHasher},
     follow::{ClockCheck, DatabaseFollower},
-    grpc::{self, DeadlineLayer, TokenApi},
+    grpc::{self, DeadlineLayer, TokenApi, TokenServiceServer},
     http,
     keys::{self, Kek, KekError, KeyRing},
     model::Clock,

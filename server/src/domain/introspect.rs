@@ -2,6 +2,8 @@
 //! memory (key ring and revocation state); refresh tokens, which are opaque,
 //! are looked up.
 
+use std::sync::Arc;
+
 use tessera_token::{AccessClaims, INTROSPECT_SCOPE, REFRESH_TOKEN_PREFIX, Rejected};
 use tracing::instrument;
 
@@ -17,89 +19,52 @@ use crate::{
 #[derive(Debug)]
 pub(crate) struct IntrospectionPermit(());
 
-/// Which kind of token an answer is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenKind {
-    /// A JWT access token.
-    Access,
-    /// An opaque refresh token.
-    Refresh,
-}
-
-/// What is said about an active token.
+/// What is said about an active refresh token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenInfo {
-    /// Access or refresh.
-    pub kind: TokenKind,
+pub(crate) struct TokenInfo {
     /// Granted scopes.
-    pub scopes: Vec<String>,
+    pub(crate) scopes: Vec<String>,
     /// The client it was issued to.
-    pub client_id: String,
-    /// The user's name: refresh tokens only (access tokens carry no
-    /// personal data, and Introspect does not look them up).
-    pub username: Option<String>,
+    pub(crate) client_id: String,
+    /// The user's name.
+    pub(crate) username: String,
     /// Expiry.
-    pub exp: i64,
+    pub(crate) exp: i64,
     /// Issued at.
-    pub iat: i64,
+    pub(crate) iat: i64,
     /// Not before.
-    pub nbf: i64,
+    pub(crate) nbf: i64,
     /// Subject.
-    pub sub: String,
+    pub(crate) sub: String,
     /// Audiences.
-    pub aud: Vec<String>,
+    pub(crate) aud: Vec<String>,
     /// Issuer.
-    pub iss: String,
-    /// Token id (access tokens).
-    pub jti: Option<String>,
+    pub(crate) iss: String,
     /// Session id.
-    pub sid: String,
-    /// `x5t#S256` of the certificate a bound token is bound to.
-    pub cnf_x5t_s256: Option<String>,
-    /// Roles (access tokens).
-    pub roles: Vec<String>,
+    pub(crate) sid: String,
 }
 
 /// What Introspect reports.
-// Made once per call and moved straight into the response: boxing the
-// active case would only add an allocation.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Introspection {
+pub(crate) enum Introspection {
     /// Invalid, expired, revoked or unknown: nothing more is said.
     Inactive,
-    /// Active, with what is known of it.
-    Active(TokenInfo),
+    /// An active access token: its verified claims, shared with the cache
+    /// of verified tokens (the answer is written from them, not copied).
+    /// Access tokens carry no personal data, and Introspect does not look
+    /// their user up.
+    Access(Arc<AccessClaims>),
+    /// An active refresh token, as its record says.
+    Refresh(TokenInfo),
 }
 
 /// Counts an answer in `tessera_introspections_total`.
 fn count(answer: &Introspection) {
     let result = match answer {
-        Introspection::Active(_) => "active",
         Introspection::Inactive => "inactive",
+        Introspection::Access(_) | Introspection::Refresh(_) => "active",
     };
     metrics().introspections.add(1, &label("result", result));
-}
-
-impl From<&AccessClaims> for TokenInfo {
-    fn from(c: &AccessClaims) -> Self {
-        Self {
-            kind: TokenKind::Access,
-            scopes: c.scopes().map(str::to_owned).collect(),
-            aud: c.aud.to_vec(),
-            client_id: c.client_id.clone(),
-            username: None,
-            exp: c.exp,
-            iat: c.iat,
-            nbf: c.nbf,
-            sub: c.sub.clone(),
-            iss: c.iss.clone(),
-            jti: Some(c.jti.clone()),
-            sid: c.sid.clone(),
-            cnf_x5t_s256: c.cnf.as_ref().map(|cnf| cnf.x5t_s256.clone()),
-            roles: c.roles.clone(),
-        }
-    }
 }
 
 impl Authority {
@@ -148,21 +113,17 @@ impl Authority {
                 .await?;
             let answer = match record {
                 Some(r) if r.state.is_active() && r.expires_at > now => {
-                    Introspection::Active(TokenInfo {
-                        kind: TokenKind::Refresh,
+                    Introspection::Refresh(TokenInfo {
                         scopes: r.scopes.iter().map(str::to_owned).collect(),
                         client_id: PASSWORD_GRANT_CLIENT_ID.to_owned(),
-                        username: Some(r.username.as_str().to_owned()),
+                        username: r.username.as_str().to_owned(),
                         exp: r.expires_at.as_secs(),
                         iat: r.issued_at.as_secs(),
                         nbf: r.issued_at.as_secs(),
                         sub: r.user_id,
                         aud: vec![r.audience.as_str().to_owned()],
                         iss: self.settings.issuer.clone(),
-                        jti: None,
                         sid: r.sid,
-                        cnf_x5t_s256: None,
-                        roles: Vec::new(),
                     })
                 }
                 _ => Introspection::Inactive,
@@ -171,9 +132,7 @@ impl Authority {
             return Ok(answer);
         }
         let answer = match self.verify_access_token(token, now) {
-            Some(claims) if !self.is_revoked(&claims) => {
-                Introspection::Active(claims.as_ref().into())
-            }
+            Some(claims) if !self.is_revoked(&claims) => Introspection::Access(claims),
             _ => Introspection::Inactive,
         };
         count(&answer);

@@ -2,15 +2,12 @@
 //! answers turned back into messages.
 
 use secrecy::{ExposeSecret, SecretString};
-use tessera::pb::{
-    IntrospectResponse, IssueRequest, IssueResponse, RefreshResponse,
-    issue_request::Grant as PbGrant,
-};
+use tessera::pb::{IssueRequest, IssueResponse, RefreshResponse, issue_request::Grant as PbGrant};
 use tessera_token::MAX_TOKEN_BYTES;
 use tonic::metadata::MetadataMap;
 
 use crate::{
-    domain::{AuthError, Credentials, Introspection, IssueCommand, TokenKind, Tokens},
+    domain::{AuthError, Credentials, IssueCommand, Tokens},
     model::{Audience, ClientId, InvalidInput, Password, ScopeSet, Username},
     transport::PeerInfo,
 };
@@ -129,32 +126,3 @@ macro_rules! token_response {
 }
 token_response!(IssueResponse);
 token_response!(RefreshResponse);
-
-impl From<Introspection> for IntrospectResponse {
-    fn from(answer: Introspection) -> Self {
-        let Introspection::Active(info) = answer else {
-            return Self::default();
-        };
-        Self {
-            active: true,
-            scopes: info.scopes,
-            client_id: info.client_id,
-            username: info.username.unwrap_or_default(),
-            token_type: match info.kind {
-                TokenKind::Access => "access_token",
-                TokenKind::Refresh => "refresh_token",
-            }
-            .into(),
-            exp: info.exp,
-            iat: info.iat,
-            nbf: info.nbf,
-            sub: info.sub,
-            aud: info.aud,
-            iss: info.iss,
-            jti: info.jti.unwrap_or_default(),
-            sid: info.sid,
-            cnf_x5t_s256: info.cnf_x5t_s256.unwrap_or_default(),
-            roles: info.roles,
-        }
-    }
-}

@@ -4,13 +4,16 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 use tessera::pb::{
-    GetJwksRequest, GetJwksResponse, IntrospectRequest, IntrospectResponse, IssueRequest,
-    IssueResponse, RefreshRequest, RefreshResponse, RevokeRequest, RevokeResponse,
-    token_service_server::TokenService,
+    GetJwksRequest, GetJwksResponse, IntrospectRequest, IssueRequest, IssueResponse,
+    RefreshRequest, RefreshResponse, RevokeRequest, RevokeResponse,
 };
 use tonic::{Request, Response, Status};
 
-use super::convert::{bearer_token, issue_command, peer_ip, required_token};
+use super::{
+    answer::IntrospectAnswer,
+    convert::{bearer_token, issue_command, peer_ip, required_token},
+    stub::token_service_server::TokenService,
+};
 use tokio::time::Instant;
 
 use crate::{
@@ -71,7 +74,7 @@ impl TokenService for TokenApi {
     async fn introspect(
         &self,
         request: Request<IntrospectRequest>,
-    ) -> Result<Response<IntrospectResponse>, Status> {
+    ) -> Result<Response<IntrospectAnswer>, Status> {
         timed(
             "Introspect",
             Instant::now(),
@@ -135,7 +138,7 @@ impl TokenApi {
     async fn introspect_call(
         &self,
         request: Request<IntrospectRequest>,
-    ) -> Result<Response<IntrospectResponse>, Status> {
+    ) -> Result<Response<IntrospectAnswer>, Status> {
         let bearer = bearer_token(request.metadata())?;
         let permit = self.authority.authorize_introspection(bearer)?;
         let token = required_token(request.into_inner().token, "token is required")?;
