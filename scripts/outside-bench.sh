@@ -5,13 +5,18 @@
 # server on SQLite in a temp folder with a client allowed to introspect, and
 # drives Health/Check, Introspect (tokens seen before, and every token new)
 # and Issue in interleaved windows. Arguments go to load.py: --seconds 3
-# --rounds 5. Run it when the machine is quiet.
+# --rounds 5. Run it when the machine is quiet. TESSERA_BIN=path runs that
+# `tessera` binary instead of building one (to compare two builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-cargo build --release --bin tessera
-tessera="$root/target/release/tessera"
+if [ -n "${TESSERA_BIN:-}" ]; then
+  tessera=$(realpath "$TESSERA_BIN")
+else
+  cargo build --release --bin tessera
+  tessera="$root/target/release/tessera"
+fi
 
 venv=target/outside-bench
 want=$(sha256sum < scripts/outside/bench-requirements.txt)
