@@ -194,9 +194,8 @@ impl KeyRing {
         // Tokens past their expiry, or whose key is gone, go now rather
         // than when the cache is full (one still within the verification
         // leeway that comes again is verified afresh).
-        self.verified.retain(|v| {
-            v.claims.exp >= now.as_secs() && loaded.iter().any(|k| Arc::ptr_eq(k, &v.key))
-        });
+        self.verified
+            .retain(|v| v.claims.exp >= now.as_secs() && v.key.is_published());
         Ok(())
     }
 
