@@ -2,7 +2,9 @@
 //! SQLite and PostgreSQL, driven closed-loop at a fixed concurrency over a
 //! few HTTP/2 connections, every figure printed as a ratio against a
 //! baseline measured in the same run (rounds interleaved, medians with the
-//! spread). Server CPU per call is read from `/proc/<pid>/stat`.
+//! spread). Server CPU per call is read from `/proc/<pid>/stat`, and the
+//! load generator's own (`gen`) the same way: both share the machine, so a
+//! workload that costs the generator more lowers its ratio too.
 //!
 //! Run it with `scripts/bench.sh` (it builds in release and starts a
 //! throwaway PostgreSQL); `scripts/bench.sh --only introspect,refresh`
@@ -388,6 +390,8 @@ struct Sample {
     errors: u64,
     seconds: f64,
     server_cpu: f64,
+    /// This process's CPU over the window: the load generator's cost.
+    generator_cpu: f64,
     latencies_us: Vec<u32>,
 }
 
@@ -397,6 +401,9 @@ impl Sample {
     }
     fn cpu_us_per_call(&self) -> f64 {
         self.server_cpu * 1e6 / self.calls.max(1) as f64
+    }
+    fn generator_us_per_call(&self) -> f64 {
+        self.generator_cpu * 1e6 / self.calls.max(1) as f64
     }
     fn percentile_ms(&self, p: f64) -> f64 {
         if self.latencies_us.is_empty() {
@@ -421,6 +428,7 @@ async fn drive(
     let counter = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let cpu_before = cpu_seconds(pid);
+    let generator_before = cpu_seconds(std::process::id());
     let started = Instant::now();
     let stop = started + Duration::from_secs_f64(seconds);
     let tasks: Vec<_> = (0..concurrency)
@@ -453,6 +461,7 @@ async fn drive(
         errors,
         seconds,
         server_cpu: cpu_seconds(pid) - cpu_before,
+        generator_cpu: cpu_seconds(std::process::id()) - generator_before,
         latencies_us,
     }
 }
@@ -479,6 +488,7 @@ fn bounds(v: &[f64]) -> (f64, f64) {
 struct Series {
     rps: Vec<f64>,
     cpu: Vec<f64>,
+    generator_cpu: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
     errors: u64,
@@ -488,6 +498,7 @@ impl Series {
     fn push(&mut self, s: &Sample) {
         self.rps.push(s.rps());
         self.cpu.push(s.cpu_us_per_call());
+        self.generator_cpu.push(s.generator_us_per_call());
         self.p50.push(s.percentile_ms(0.5));
         self.p99.push(s.percentile_ms(0.99));
         self.errors += s.errors;
@@ -562,10 +573,11 @@ fn line(name: &str, s: &Series, baseline: Option<(&str, &Series)>) {
         format!("  = {:.2}x {b} [{lo:.2}..{hi:.2}]", median(&ratios))
     });
     println!(
-        "  {name:<44} {:>8.0} rps {:<16} cpu {:>6.1} us/call  p99 {:>6.2} ms{}{ratio}",
+        "  {name:<44} {:>8.0} rps {:<16} cpu {:>6.1} us/call (gen {:>5.1})  p99 {:>6.2} ms{}{ratio}",
         s.rps(),
         Series::spread(&s.rps, 0),
         median(&s.cpu),
+        median(&s.generator_cpu),
         median(&s.p99),
         if s.errors > 0 {
             format!("  ({} errors)", s.errors)
