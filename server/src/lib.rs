@@ -11,8 +11,8 @@
 //! - `keys`: signing keys (encrypted at rest by the KEK), rotation; token
 //!   rules themselves are the `tessera_token` crate's.
 //! - `revocation`: the in-memory revocation state Introspect consults.
-//! - `directory`: every client in memory for client logins, re-read when
-//!   the store's directory version moves.
+//! - `directory`: the clients in use, held in memory for client logins
+//!   (bounded), dropped when the store's directory version moves.
 //! - `follow`: the task keeping keys and revocation state in step with the
 //!   database (LISTEN/NOTIFY and polling).
 //! - `domain`: the use cases (issue, refresh, revoke, introspect, admin);

@@ -180,7 +180,8 @@ impl Authority {
 
     /// A client login checked by `check` against the in-memory copy of the
     /// client, and against the database when the copy does not hold it or
-    /// refuses (it may lag a change that admits: a new secret, an enable).
+    /// refuses (it may lag a change that admits: a new secret, an enable);
+    /// what the database returns is held for the next login.
     async fn client_login(
         &self,
         client_id: &ClientId,
@@ -191,7 +192,12 @@ impl Authority {
         {
             return Ok(principal);
         }
-        check(self.store.find_client(client_id).await?)
+        let begun = self.clients.begin_read();
+        let client = self.store.find_client(client_id).await?;
+        if let Some(record) = &client {
+            self.clients.remember(begun, record.clone());
+        }
+        check(client)
     }
 }
 
