@@ -194,7 +194,10 @@ async fn during_a_database_outage_a_caller_gets_unavailable_within_its_deadline(
             let status = client.issue(request).await.unwrap_err();
             let took = started.elapsed();
             assert_eq!(status.code(), Code::Unavailable, "{id}: {status:?}");
-            assert!(took < Duration::from_millis(800), "{id}: answered after {took:?}");
+            assert!(
+                took < Duration::from_millis(800),
+                "{id}: answered after {took:?}"
+            );
         }
     };
     // A client this replica does not hold is read from the database.
